@@ -1,0 +1,279 @@
+"""The decode loop: draft a tree, verify it in one target pass, keep the accepted path.
+
+Invariants at the start of every iteration, with ``seq`` the prompt plus accepted tokens:
+the target's cache holds ``seq[:-1]``; the draft's cache holds a prefix of ``seq``. The last
+token of ``seq`` is the root of the next tree.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+
+from .acceptance import accept_follow, accept_rejection
+from .config import GenerationConfig, SamplingConfig
+from .errors import ConfigError, PromptError
+from .growth import DraftExpander, grow_chains, grow_specexec
+from .models import check_same_vocabulary, context_limit, eos_token_ids, load_model, truncated_copy
+from .runner import ModelRunner
+from .stats import GenerationStats
+from .tree import TokenTree
+
+
+@dataclass
+class GenerationResult:
+    text: str
+    token_ids: list[int]
+    prompt_token_ids: list[int]
+    stats: GenerationStats
+
+    def to_dict(self) -> dict:
+        return {"text": self.text, "token_ids": self.token_ids, "prompt_token_ids": self.prompt_token_ids,
+                "stats": self.stats.to_dict()}
+
+
+@dataclass
+class StreamChunk:
+    token_ids: list[int]  # tokens accepted in one target pass
+    text: str  # the text they add (may be empty while a character is incomplete)
+
+
+@dataclass
+class GenerationStream:
+    """Iterate for :class:`StreamChunk`s; ``result`` is set once the iteration ends."""
+
+    _chunks: Iterator[StreamChunk]
+    result: GenerationResult | None = field(default=None)
+
+    def __iter__(self):
+        return self._chunks
+
+
+class SpecExecEngine:
+    """Speculative decoding of one target model with one draft model.
+
+    ``generate`` / ``stream`` take a prompt (text or token ids) and a
+    :class:`~specexec.config.GenerationConfig` (or its fields as keyword arguments).
+    """
+
+    def __init__(self, target, tokenizer=None, draft=None, *, draft_tokenizer=None,
+                 config: GenerationConfig | None = None):
+        self.target = target.eval()
+        self.tokenizer = tokenizer
+        self.draft = draft.eval() if draft is not None else None
+        if self.draft is not None:
+            check_same_vocabulary(self.draft, self.target, draft_tokenizer, tokenizer)
+        self.config = config or GenerationConfig()
+        self.device = next(target.parameters()).device
+        self.target_runner = ModelRunner(self.target)
+        self.draft_runner = ModelRunner(self.draft) if self.draft is not None else None
+        self.eos_ids = eos_token_ids(target, tokenizer)
+        self.max_context = context_limit(target) or 1 << 30
+        self._tree: TokenTree | None = None
+
+    @classmethod
+    def from_pretrained(cls, target: str | None = "embedded", draft: str | None = None, *,
+                        dtype: str = "float32", device: str = "cpu", draft_layers: int | None = None,
+                        config: GenerationConfig | None = None) -> "SpecExecEngine":
+        """Load target and draft by name (hub id, folder, .gguf, or 'embedded').
+
+        With no draft named, the draft is the default one for the embedded target, or a
+        copy of the target's first ``draft_layers`` layers.
+        """
+        from .models import default_draft
+
+        loaded = load_model(target, dtype=dtype, device=device)
+        draft_model, draft_tok = default_draft(draft, loaded, dtype=dtype, device=device, draft_layers=draft_layers)
+        return cls(loaded.model, loaded.tokenizer, draft_model, draft_tokenizer=draft_tok, config=config)
+
+    # ------------------------------------------------------------------ inputs
+    def encode(self, prompt: str | list[int], chat: bool = False) -> list[int]:
+        if isinstance(prompt, str):
+            if not prompt.strip():
+                raise PromptError("the prompt is empty")
+            if self.tokenizer is None:
+                raise PromptError("this engine has no tokenizer: pass token ids")
+            if chat:
+                if not getattr(self.tokenizer, "chat_template", None):
+                    raise PromptError("the target's tokenizer has no chat template; run without chat")
+                ids = self.tokenizer.apply_chat_template(
+                    [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True,
+                    return_dict=False,
+                )
+                if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+                    ids = ids["input_ids"]
+            else:
+                ids = self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
+        else:
+            ids = [int(t) for t in prompt]
+        if len(ids) == 0:
+            raise PromptError("the prompt is empty")
+        vocab = self.target_runner.vocab_size
+        if min(ids) < 0 or max(ids) >= vocab:
+            raise PromptError(f"prompt token ids must be in [0, {vocab})")
+        if len(ids) >= self.max_context:
+            raise PromptError(
+                f"the prompt has {len(ids)} tokens but the target's context holds {self.max_context}; "
+                "shorten the prompt"
+            )
+        return list(ids)
+
+    def _config(self, config: GenerationConfig | None, overrides: dict) -> GenerationConfig:
+        cfg = config or self.config
+        if overrides:
+            try:
+                cfg = cfg.with_(**overrides)
+            except TypeError as err:
+                raise ConfigError(str(err)) from err
+        if cfg.method != "autoregressive" and self.draft is None:
+            raise ConfigError(f"method {cfg.method!r} needs a draft model")
+        return cfg
+
+    def decode_text(self, ids: list[int]) -> str:
+        if self.tokenizer is None:
+            return ""
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    # ------------------------------------------------------------------ API
+    def generate(self, prompt: str | list[int], *, chat: bool = False, config: GenerationConfig | None = None,
+                 **overrides) -> GenerationResult:
+        stream = self.stream(prompt, chat=chat, config=config, **overrides)
+        for _ in stream:
+            pass
+        return stream.result
+
+    def stream(self, prompt: str | list[int], *, chat: bool = False, config: GenerationConfig | None = None,
+               **overrides) -> GenerationStream:
+        cfg = self._config(config, overrides)
+        ids = self.encode(prompt, chat=chat)
+        stream = GenerationStream(iter(()))
+
+        def chunks():
+            stats = GenerationStats(method=cfg.method)
+            generated: list[int] = []
+            shown = ""
+            for new in self._decode(ids, cfg, stats):
+                generated.extend(new)
+                text = self.decode_text(generated)
+                if text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for the rest
+                    yield StreamChunk(new, "")
+                    continue
+                delta = text[len(shown):] if text.startswith(shown) else text
+                shown = text
+                yield StreamChunk(new, delta)
+            stream.result = GenerationResult(self.decode_text(generated), generated, ids, stats)
+
+        stream._chunks = chunks()
+        return stream
+
+    # ------------------------------------------------------------------ loop
+    def _decode(self, prompt_ids: list[int], cfg: GenerationConfig, stats: GenerationStats) -> Iterator[list[int]]:
+        device = self.device
+        generator = torch.Generator(device=device)
+        if cfg.seed is not None:
+            generator.manual_seed(cfg.seed)
+        else:
+            generator.seed()
+        sampling = cfg.sampling
+        use_draft = cfg.method != "autoregressive"
+        target, draft = self.target_runner, (self.draft_runner if use_draft else None)
+        draft_sampling = SamplingConfig(
+            temperature=sampling.temperature if cfg.draft_temperature is None else cfg.draft_temperature,
+            top_p=sampling.top_p, top_k=sampling.top_k,
+        )
+        seq = list(prompt_ids)
+        target.reset()
+        if draft is not None:
+            draft.reset()
+        tree_capacity = 2 * cfg.max_budget + 2 if cfg.method == "specexec" else cfg.max_n_beams * cfg.max_beam_len + 1
+        if self._tree is None or self._tree.capacity < tree_capacity or self._tree.device != device:
+            self._tree = TokenTree(seq[-1], tree_capacity, device)
+        tree = self._tree
+
+        t_start = time.perf_counter()
+        if len(seq) > 1:
+            target.forward_chain(torch.tensor(seq[:-1], device=device), 0)
+            target.commit(torch.arange(0, len(seq) - 1, device=device))
+            if draft is not None:
+                draft.forward_chain(torch.tensor(seq[:-1], device=device), 0)
+                draft.commit(torch.arange(0, len(seq) - 1, device=device))
+        stats.prefill_seconds = time.perf_counter() - t_start
+        fwd0 = (target.forward_seconds, draft.forward_seconds if draft else 0.0)
+
+        remaining = cfg.max_new_tokens
+        while remaining > 0:
+            it_start = time.perf_counter()
+            length = len(seq)
+            room = self.max_context - length  # positions left for new tokens
+            if room <= 0:
+                stats.stop_reason = "context"
+                break
+            max_depth = max(0, min(cfg.max_beam_len, remaining - 1, room - 1))
+            tree.reset(seq[-1])
+            q_at = None
+            if draft is not None and max_depth > 0:
+                tail = seq[draft.committed:]
+                logits = draft.forward_chain(torch.tensor(tail, device=device), draft.committed)
+                draft.commit(torch.arange(draft.committed, draft.committed + len(tail), device=device))
+                tree.slot[0] = length - 1
+                tree.expanded[0] = True
+                expander = DraftExpander(draft, tree, root_pos=length - 1)
+                if cfg.method == "specexec":
+                    grow_specexec(expander, logits[-1], cfg, max_depth)
+                else:
+                    chains = 1 if cfg.method == "chain" else cfg.max_n_beams
+                    q_at = grow_chains(expander, logits[-1], chains, max_depth, draft_sampling, generator)
+                stats.draft_passes += 1 + expander.passes
+            draft.synchronize() if draft is not None else None
+            t_mid = time.perf_counter()
+
+            n = tree.size
+            visible = torch.cat(
+                [torch.ones(n, target.committed, dtype=torch.bool, device=device), tree.ancestors[:n, :n]], dim=1
+            )
+            logits = target.forward(tree.tokens[:n], (length - 1) + tree.depth[:n], visible)
+            if q_at is None or sampling.greedy:
+                path, extra = accept_follow(tree, logits, sampling, generator)
+            else:
+                path, extra = accept_rejection(tree, logits, q_at, sampling, generator)
+            target.commit(target.committed + path)
+            new = tree.tokens[path[1:]].tolist() + [extra]
+            if draft is not None and max_depth > 0:
+                slots = tree.slot[path[1:]]
+                in_cache = (slots >= draft.committed).long().cumprod(0).bool()
+                draft.commit(slots[in_cache])
+            target.synchronize()
+            t_end = time.perf_counter()
+
+            stats.target_passes += 1
+            stats.draft_seconds += t_mid - it_start
+            stats.target_seconds += t_end - t_mid
+            stats.iteration_seconds.append(t_end - it_start)
+            stats.tree_sizes.append(n - 1)
+            stats.tree_depths.append(int(tree.depth[:n].max()))
+            stats.min_log_probs.append(float(tree.logp[1:n].min()) if n > 1 else 0.0)
+            if stats.target_passes == 1:
+                stats.first_token_seconds = stats.prefill_seconds + (t_end - it_start)
+
+            if cfg.stop_on_eos and self.eos_ids:
+                for i, tok in enumerate(new):
+                    if tok in self.eos_ids:
+                        new = new[: i + 1]
+                        stats.stop_reason = "eos"
+                        break
+            new = new[:remaining]
+            stats.accepted_per_pass.append(len(new))
+            seq.extend(new)
+            remaining -= len(new)
+            stats.new_tokens += len(new)
+            yield new
+            if stats.stop_reason:
+                break
+        if not stats.stop_reason:
+            stats.stop_reason = "length"
+        stats.seconds = sum(stats.iteration_seconds)
+        stats.target_forward_seconds = target.forward_seconds - fwd0[0]
+        stats.draft_forward_seconds = (draft.forward_seconds - fwd0[1]) if draft else 0.0

