@@ -1,0 +1,106 @@
+"""Shared fixtures: tiny random models of many architectures, the embedded SmolLM2 target,
+and prompts from the shared datasets."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+import transformers
+
+transformers.logging.set_verbosity_error()
+
+REPO = Path(__file__).resolve().parents[1]
+DATASETS = Path(os.environ.get("SPECEXEC_DATASETS", REPO.parent / "shared" / "datasets"))
+
+# family -> config class name and the keyword arguments of a tiny model
+TINY_FAMILIES = {
+    "llama": ("LlamaConfig", {}),
+    "mistral": ("MistralConfig", {"sliding_window": None}),
+    "qwen2": ("Qwen2Config", {"use_sliding_window": False}),
+    "qwen3": ("Qwen3Config", {"use_sliding_window": False}),
+    "gemma": ("GemmaConfig", {"head_dim": 8}),
+    "gemma3_text": ("Gemma3TextConfig", {"head_dim": 8, "sliding_window": 4096}),
+    "phi3": ("Phi3Config", {}),
+    "gpt2": ("GPT2Config", {}),
+    "gpt_neox": ("GPTNeoXConfig", {}),
+    "opt": ("OPTConfig", {}),
+}
+
+
+def tiny_config(family: str, vocab: int = 64, layers: int = 2, hidden: int = 32, max_positions: int = 512,
+                **extra):
+    name, kwargs = TINY_FAMILIES[family]
+    cls = getattr(transformers, name)
+    common = dict(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
+                  intermediate_size=2 * hidden, max_position_embeddings=max_positions,
+                  bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    if family in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma3_text", "phi3"):
+        common["num_key_value_heads"] = 2
+    if family == "gpt2":
+        common = dict(vocab_size=vocab, n_embd=hidden, n_layer=layers, n_head=4, n_positions=max_positions,
+                      bos_token_id=None, eos_token_id=None)
+    if family == "opt":
+        common.update(ffn_dim=2 * hidden, word_embed_proj_dim=hidden)
+        common.pop("intermediate_size")
+    common.update(kwargs)
+    common.update(extra)
+    return cls(**common)
+
+
+def tiny_model(family: str = "llama", seed: int = 0, dtype=torch.float64, **kwargs):
+    torch.manual_seed(seed)
+    config = tiny_config(family, **kwargs)
+    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+    return model.to(dtype).eval()
+
+
+def greedy_reference(model, prompt_ids: list[int], max_new_tokens: int, eos_ids=None) -> list[int]:
+    """The target's own greedy decoding with transformers' generate."""
+    ids = torch.tensor([prompt_ids])
+    kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, min_new_tokens=0)
+    kwargs["eos_token_id"] = sorted(eos_ids) if eos_ids else None
+    kwargs["pad_token_id"] = (sorted(eos_ids)[0] if eos_ids else 0)
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
+    return out[0, len(prompt_ids):].tolist()
+
+
+def top2_gap(model, ids: list[int]) -> float:
+    """Gap between the two largest next-token logits of ``model`` after ``ids``."""
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0, -1].double()
+    top = torch.topk(logits, 2).values
+    return float(top[0] - top[1])
+
+
+def assert_greedy_equal(model, prompt_ids, got, want, label=""):
+    """Equal token for token, or diverging only at a numerical tie of the target."""
+    if got == want:
+        return
+    i = next((k for k, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+    if i < min(len(got), len(want)):
+        gap = top2_gap(model, list(prompt_ids) + want[:i])
+        assert gap < 1e-4, f"{label}: diverged at token {i} ({got[i]} vs {want[i]}) with top-2 gap {gap:.3g}"
+    else:
+        raise AssertionError(f"{label}: lengths differ ({len(got)} vs {len(want)}) without divergence")
+
+
+def load_prompts(name: str) -> list[tuple[int, str]]:
+    path = DATASETS / f"{name}_prompts.json"
+    if not path.exists():
+        pytest.fail(f"prompt set {path} not found; set SPECEXEC_DATASETS to the datasets folder")
+    return [(int(i), str(t)) for i, t in json.loads(path.read_text())]
+
+
+@pytest.fixture(scope="session")
+def embedded():
+    """(model, tokenizer) of the embedded SmolLM2-135M-Instruct target, float32."""
+    from specexec.models import load_model
+
+    loaded = load_model("embedded", dtype="float32")
+    return loaded.model, loaded.tokenizer
