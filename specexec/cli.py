@@ -11,6 +11,7 @@ from .errors import SpecExecError
 # name -> module with HELP, add_arguments(parser) and run(args)
 COMMANDS = {
     "generate": "specexec.commands.generate",
+    "distill": "specexec.commands.distill",
 }
 
 

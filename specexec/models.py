@@ -253,12 +253,18 @@ def default_draft(name: str | None, target: LoadedModel, *, dtype="float32", dev
 
     ``name`` may be a model name as for :func:`load_model`, ``self`` (the target drafts for
     itself), ``truncated:K`` (the target's first K layers), ``none``, or None for the
-    default: the target's first ``draft_layers`` (default 4) layers.
+    default: the distilled draft shipped with the package for the embedded target, else
+    the target's first ``draft_layers`` (default 4) layers.
     """
     if name == "none":
         return None, None
     if name == "self":
         return target.model, target.tokenizer
+    if name is None and target.name == EMBEDDED and draft_layers is None:
+        from .distill.shipped import load_shipped_draft, shipped_available
+
+        if shipped_available():
+            return load_shipped_draft(target.model), target.tokenizer
     if name is None or (isinstance(name, str) and name.startswith("truncated")):
         layers = draft_layers or DEFAULT_DRAFT_LAYERS
         if isinstance(name, str) and ":" in name:

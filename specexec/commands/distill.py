@@ -1,0 +1,135 @@
+"""``specexec distill``: build a draft from a target and train it to match the target."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+HELP = "distill a small draft model from a target (self-distillation on its own responses)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", default="embedded", help="target model: hub id, folder, .gguf or 'embedded'")
+    p.add_argument("--out", required=True, help="output folder: a Hugging Face model folder, plus data/ and "
+                                                "checkpoint.pt while training")
+    design = p.add_mutually_exclusive_group()
+    design.add_argument("--layers", type=int, default=None, help="draft = the target's first K layers (default 2)")
+    design.add_argument("--layer-ids", default=None, help="draft = these target layers, e.g. 0,1,29")
+    design.add_argument("--config", default=None, help="draft = this Hugging Face config.json (same vocabulary); "
+                                                       "tensors matching the target's are copied")
+    p.add_argument("--data", action="append", default=None,
+                   help="training source, repeatable: sharegpt[:N] and prompts:PATH[:A-B] (the target answers), "
+                        "sharegpt-chat[:N] and text:PATH (used as is); default: sharegpt:2000")
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=8, help="sequences per step")
+    p.add_argument("--seq-len", type=int, default=512, help="longest training sequence (tokens)")
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", help="target and draft weights (float32 default)")
+    p.add_argument("--amp", default="none", choices=["none", "bf16"], help="bf16 autocast of the draft's passes")
+    p.add_argument("--top-k", type=int, default=32, help="teacher log-probs kept per token")
+    p.add_argument("--gen-max-new-tokens", type=int, default=128, help="length of the target's responses")
+    p.add_argument("--gen-temperature", type=float, default=0.0, help="0: greedy responses (default)")
+    p.add_argument("--gen-batch-size", type=int, default=16)
+    p.add_argument("--max-prompt-tokens", type=int, default=256)
+    p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--eval-fraction", type=float, default=0.03, help="share of examples held out to evaluate")
+    p.add_argument("--save-every", type=int, default=50)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--data-only", action="store_true", help="build the teacher data and stop")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _held_out_search(specs: list[str]) -> list[Path]:
+    from ..distill.data import parse_source
+
+    folders = {Path.cwd().parent / "shared" / "datasets", Path.cwd() / "shared" / "datasets"}
+    if os.environ.get("SPECEXEC_DATASETS"):
+        folders.add(Path(os.environ["SPECEXEC_DATASETS"]))
+    for spec in specs:
+        source = parse_source(spec)
+        if source.path:
+            folders.add(Path(source.path).resolve().parent)
+    return sorted(f for f in folders if f.is_dir())
+
+
+def run(args) -> int:
+    import torch
+
+    from ..distill.dataset import build, load_examples
+    from ..distill.student import build_student
+    from ..distill.train import TrainConfig, train
+    from ..errors import ConfigError
+    from ..models import eos_token_ids, load_model
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    specs = args.data or ["sharegpt:2000"]
+    for name in ("steps", "batch_size", "seq_len", "top_k", "gen_batch_size"):
+        if getattr(args, name) <= 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be positive")
+    out = Path(args.out)
+    if (out / "checkpoint.pt").exists() and not args.resume:
+        raise ConfigError(f"{out} holds a checkpoint: pass --resume to continue it, or choose another --out")
+    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
+                      warmup=args.warmup, seed=args.seed, eval_every=args.eval_every, save_every=args.save_every,
+                      amp=args.amp)
+    log_path = out / "distill_log.txt"
+    out.mkdir(parents=True, exist_ok=True)
+
+    def log(msg: str) -> None:
+        line = f"[{time.strftime('%H:%M:%S')}] {msg}"
+        print(line, file=sys.stderr, flush=True)
+        with open(log_path, "a") as f:
+            f.write(line + "\n")
+
+    log("command: specexec distill " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["distill"] else sys.argv[1:]))
+    torch.manual_seed(args.seed)
+    loaded = load_model(args.target, dtype=args.dtype, device=args.device)
+    target, tokenizer = loaded.model, loaded.tokenizer
+    for p in target.parameters():
+        p.requires_grad_(False)
+    eos = eos_token_ids(target, tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (min(eos) if eos else 0)
+    t0 = time.perf_counter()
+    shards = build(target, tokenizer, specs, out / "data", seed=args.seed, k=args.top_k,
+                   batch_size=args.gen_batch_size, max_prompt_tokens=args.max_prompt_tokens,
+                   max_new_tokens=args.gen_max_new_tokens, temperature=args.gen_temperature, seq_len=args.seq_len,
+                   held_out_search=_held_out_search(specs), eos_ids=eos, pad_id=pad, log=log)
+    examples = load_examples(shards)
+    n_tokens = sum(len(e.top_ids) for e in examples)
+    log(f"data: {len(examples)} examples, {n_tokens} scored tokens ({time.perf_counter() - t0:.0f} s)")
+    if args.data_only:
+        return 0
+    if len(examples) < 2:
+        raise ConfigError("too little training data: add --data sources")
+    n_eval = max(1, int(len(examples) * args.eval_fraction))
+    eval_examples, train_examples = examples[:n_eval], examples[n_eval:]
+
+    layer_ids = [int(x) for x in args.layer_ids.split(",")] if args.layer_ids else None
+    student = build_student(target, layers=args.layers, layer_ids=layer_ids, config_path=args.config)
+    n_train = sum(p.numel() for p in student.parameters() if p.requires_grad)
+    log(f"draft: {student.config.num_hidden_layers} layers, {n_train / 1e6:.2f} M trained parameters; "
+        f"train {len(train_examples)} examples, eval {len(eval_examples)}")
+    t1 = time.perf_counter()
+    records = train(student, train_examples, eval_examples, out, cfg, resume=args.resume, log=log,
+                    progress=not args.no_progress)
+    student.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    evals = [r for r in records if "eval" in r]
+    summary = {"target": loaded.name, "data": specs, "examples": len(examples), "scored_tokens": n_tokens,
+               "train": vars(cfg) if not hasattr(cfg, "__dataclass_fields__") else cfg.__dict__,
+               "draft_layers": layer_ids or list(range(args.layers or 2)) if not args.config else args.config,
+               "train_seconds_this_run": round(time.perf_counter() - t1, 1),
+               "first_eval": evals[0] if evals else None, "final_eval": evals[-1] if evals else None,
+               "loss_every_50_steps": [(r["step"], r["loss"]) for r in records if r["step"] % 50 == 0]}
+    (out / "distill_summary.json").write_text(json.dumps(summary, indent=1))
+    log(f"saved the draft to {out} (final eval: {json.dumps(summary['final_eval'])})")
+    return 0
