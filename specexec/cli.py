@@ -12,6 +12,8 @@ from .errors import SpecExecError
 COMMANDS = {
     "generate": "specexec.commands.generate",
     "distill": "specexec.commands.distill",
+    "bench": "specexec.commands.bench",
+    "plot": "specexec.commands.plot",
 }
 
 

@@ -1,0 +1,98 @@
+"""``specexec plot EXP_DIR``: gen_rate and gen_speed against the draft budget, one line per method.
+
+The x axis is the budget in draft tokens per tree: ``budget`` for SpecExec, ``beams x max_h`` for
+SpecInfer, ``max_h`` for a chain. The autoregressive baseline is a horizontal line.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from ..errors import ConfigError
+
+HELP = "draw gen_rate and gen_speed against budget per method from an experiment's folder"
+NAMES = {"specexec": "SpecExec", "specinfer": "SpecInfer", "chain": "chain", "autoregressive": "autoregressive"}
+
+
+def _num(v) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(f) else f
+
+
+def x_of(row: dict) -> float | None:
+    method = row.get("method")
+    if method == "specexec":
+        return _num(row.get("budget"))
+    if method == "specinfer":
+        b, h = _num(row.get("beams")), _num(row.get("max_h"))
+        return b * h if b and h else None
+    if method == "chain":
+        return _num(row.get("max_h"))
+    return None
+
+
+def plot_rows(rows: list[dict], path, title: str = "") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, metric, label in ((axes[0], "gen_rate", "gen_rate (tokens per target pass)"),
+                              (axes[1], "gen_speed", "gen_speed (tokens/s)")):
+        methods = [m for m in dict.fromkeys(r.get("method") for r in rows)]
+        for method in methods:
+            mine = [r for r in rows if r.get("method") == method and _num(r.get(metric)) is not None]
+            if method == "autoregressive":
+                for r in mine:
+                    ax.axhline(_num(r[metric]), color="grey", linestyle="--", label=NAMES[method])
+                continue
+            pts = sorted((x_of(r), _num(r[metric])) for r in mine if x_of(r) is not None)
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=NAMES.get(method, method))
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("budget (draft tokens per tree)")
+        ax.set_ylabel(label)
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def rows_of(exp_dir) -> list[dict]:
+    """The summary rows of an experiment folder (summary.csv, else the JSONL's summary records)."""
+    exp_dir = Path(exp_dir)
+    csv = exp_dir / "summary.csv"
+    if csv.is_file():
+        import pandas as pd
+
+        return pd.read_csv(csv).to_dict("records")
+    jsonl = exp_dir / "results.jsonl"
+    if jsonl.is_file():
+        from .report import read_jsonl
+
+        rows = [r for r in read_jsonl(jsonl) if r.get("msg_type") == "summary"]
+        if rows:
+            return rows
+    raise ConfigError(f"{exp_dir}: no summary.csv or summary records in results.jsonl (is it an experiment folder?)")
+
+
+def add_arguments(p) -> None:
+    p.add_argument("exp_dir", help="an experiment's folder (SAVE_DIR/EXP_NAME)")
+    p.add_argument("-o", "--output", default=None, help="PNG file to write (default: EXP_DIR/plot.png)")
+
+
+def run(args) -> int:
+    rows = rows_of(args.exp_dir)
+    out = plot_rows(rows, args.output or Path(args.exp_dir) / "plot.png", title=Path(args.exp_dir).name)
+    print(out)
+    return 0
