@@ -166,11 +166,6 @@ def _run(args, configs, dataset, prompts, device, dtype, out) -> int:
         "timestamp": datetime.now().isoformat(timespec="seconds"),
     })
 
-    # one untimed warm-up generation (lazy initialisation, allocator, caches)
-    warm_text, warm_chat = inputs[0]
-    with torch.inference_mode():
-        engine.generate(warm_text, chat=warm_chat, config=configs[-1].generation.with_(max_new_tokens=4))
-
     rows: list[dict] = []
     status = "finished"
     bar = tqdm(total=len(configs) * len(prompts), desc=args.exp_name, unit="test", file=sys.stderr,
@@ -181,6 +176,9 @@ def _run(args, configs, dataset, prompts, device, dtype, out) -> int:
     t_config = time.perf_counter()
     try:
         with guard, torch.inference_mode():
+            # one untimed warm-up generation (lazy initialisation, allocator, caches)
+            warm_text, warm_chat = inputs[0]
+            engine.generate(warm_text, chat=warm_chat, config=configs[0].generation.with_(max_new_tokens=4))
             for config in configs:
                 _say(f"configuration {config.label}")
                 report.reset_peak_memory(device)
