@@ -22,8 +22,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     design.add_argument("--config", default=None, help="draft = this Hugging Face config.json (same vocabulary); "
                                                        "tensors matching the target's are copied")
     p.add_argument("--data", action="append", default=None,
-                   help="training source, repeatable: sharegpt[:N] and prompts:PATH[:A-B] (the target answers), "
-                        "sharegpt-chat[:N] and text:PATH (used as is); default: sharegpt:2000")
+                   help="training source, repeatable: sharegpt[:N|:A-B] and prompts:PATH[:A-B] (the target answers), "
+                        "sharegpt-chat[:N|:A-B] and text:PATH (used as is), shards:DIR (the data/ folder "
+                        "of an earlier run); default: sharegpt:2000")
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=8, help="sequences per step")
     p.add_argument("--seq-len", type=int, default=512, help="longest training sequence (tokens)")
@@ -43,6 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save-every", type=int, default=50)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--data-only", action="store_true", help="build the teacher data and stop")
+    p.add_argument("--max-shards", type=int, default=None, help="build only the first N data shards")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     p.add_argument("--no-progress", action="store_true")
 
@@ -102,7 +104,11 @@ def run(args) -> int:
     shards = build(target, tokenizer, specs, out / "data", seed=args.seed, k=args.top_k,
                    batch_size=args.gen_batch_size, max_prompt_tokens=args.max_prompt_tokens,
                    max_new_tokens=args.gen_max_new_tokens, temperature=args.gen_temperature, seq_len=args.seq_len,
-                   held_out_search=_held_out_search(specs), eos_ids=eos, pad_id=pad, log=log)
+                   held_out_search=_held_out_search(specs), eos_ids=eos, pad_id=pad,
+                   max_shards=args.max_shards, log=log)
+    for spec in specs:  # teacher data built by earlier runs
+        if spec.startswith("shards:"):
+            shards += sorted(Path(spec.split(":", 1)[1]).glob("shard-*.pt"))
     examples = load_examples(shards)
     n_tokens = sum(len(e.top_ids) for e in examples)
     log(f"data: {len(examples)} examples, {n_tokens} scored tokens ({time.perf_counter() - t0:.0f} s)")

@@ -9,7 +9,10 @@ A source spec (``--data``) is one of
   a text file with one prompt per line), items A..B-1; the target writes the responses;
 * ``sharegpt-chat[:N]`` - the first exchange of N ShareGPT conversations (user prompt and the
   recorded answer) in the target's chat template, trained on as is (the target scores it);
-* ``text:PATH`` - plain text (``.txt``) or JSON lines with a ``text`` field, trained on as is.
+* ``text:PATH`` - plain text (``.txt``) or JSON lines with a ``text`` field, trained on as is;
+* ``shards:DIR`` - teacher data already built by another run (its ``OUT/data`` folder).
+
+ShareGPT sources also take a range of conversations, ``sharegpt:A-B``.
 
 Evaluation prompts never become training data: the benchmark prompt sets are recognised by
 file name (oasst prompts 0-99, all of c4 and wikitext) and refused, and every prompt is also
@@ -53,11 +56,22 @@ class Source:
     def self_distilled(self) -> bool:
         return self.kind in ("sharegpt", "prompts")
 
+    @property
+    def prebuilt(self) -> bool:
+        return self.kind == "shards"
+
 
 def parse_source(spec: str) -> Source:
     kind, _, rest = spec.partition(":")
     if kind in ("sharegpt", "sharegpt-chat"):
+        m = re.match(r"^(\d*)-(\d*)$", rest)
+        if m:
+            return Source(kind, start=int(m.group(1) or 0), stop=int(m.group(2)) if m.group(2) else None)
         return Source(kind, stop=int(rest) if rest else None)
+    if kind == "shards" and rest:
+        if not os.path.isdir(rest):
+            raise ConfigError(f"teacher data folder not found: {rest}")
+        return Source("shards", rest)
     if kind in ("prompts", "text") and rest:
         path, start, stop = rest, 0, None
         m = re.match(r"^(.*):(\d*)-(\d*)$", rest)
@@ -67,7 +81,8 @@ def parse_source(spec: str) -> Source:
         if not os.path.exists(path):
             raise ConfigError(f"data file not found: {path}")
         return Source(kind, path, start, stop)
-    raise ConfigError(f"bad --data {spec!r}: use sharegpt[:N], prompts:PATH[:A-B] or text:PATH")
+    raise ConfigError(f"bad --data {spec!r}: use sharegpt[:N|:A-B], sharegpt-chat[:N|:A-B], prompts:PATH[:A-B], "
+                      "text:PATH or shards:DIR")
 
 
 def check_not_held_out(source: Source) -> None:
@@ -151,7 +166,7 @@ def sharegpt_prompts(limit: int | None = None) -> list[str]:
 def load_prompts(source: Source) -> list[str]:
     check_not_held_out(source)
     if source.kind == "sharegpt":
-        return sharegpt_prompts(source.stop)
+        return sharegpt_prompts(source.stop)[source.start:]
     items = _read_prompt_file(Path(source.path))[source.start:source.stop]
     return [strip_llama2_template(t) for _, t in items]
 

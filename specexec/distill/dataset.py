@@ -41,8 +41,11 @@ def plan(tokenizer, specs: list[str], *, seed: int, max_prompt_tokens: int, seq_
                 ids = encode_prompt(tokenizer, t)
                 if len(ids) <= max_prompt_tokens:
                     prompts.append(ids)
+        elif source.prebuilt:
+            continue
         elif source.kind == "sharegpt-chat":
-            for q, a in sources_mod.filter_held_out(sources_mod.sharegpt_exchanges(source.stop), held):
+            exchanges = sources_mod.sharegpt_exchanges(source.stop)[source.start:]
+            for q, a in sources_mod.filter_held_out(exchanges, held):
                 head = encode_prompt(tokenizer, q)
                 if len(head) > min(max_prompt_tokens, seq_len - 16):
                     continue

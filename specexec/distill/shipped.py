@@ -21,7 +21,7 @@ WEIGHTS = "draft_layers.safetensors"
 def _fingerprint(target) -> float:
     """A cheap check that a target's embeddings are the ones the draft was trained with."""
     w = target.get_input_embeddings().weight
-    return float(w[:64].double().sum())
+    return float(w.detach()[:64].double().sum())
 
 
 def export_shipped(draft, target, dest: Path = SHIPPED_DIR, dtype: torch.dtype = torch.float16) -> Path:
@@ -79,3 +79,14 @@ def _name_of(model, module) -> str:
         if m is module:
             return f"{name}.weight"
     raise ModelLoadError("module not found")
+
+
+def export_from_folder(folder: str | Path, target_name: str = "embedded", dest: Path = SHIPPED_DIR) -> Path:
+    """Write the output folder of ``specexec distill`` as the shipped (embedding-less) draft."""
+    from ..models import load_model
+
+    target = load_model(target_name, dtype="float32", with_tokenizer=False).model
+    draft = load_model(str(folder), dtype="float32", with_tokenizer=False).model
+    if not torch.equal(draft.get_input_embeddings().weight, target.get_input_embeddings().weight):
+        raise ModelLoadError(f"{folder} does not share its embeddings with {target_name}: it cannot be shipped stripped")
+    return export_shipped(draft, target, dest)

@@ -1,0 +1,52 @@
+"""The distilled draft shipped with the package: it loads offline from the installed package
+as the embedded target's default draft, and SpecExec with it reproduces the target's greedy
+decoding token for token."""
+
+import pytest
+
+from specexec import SpecExecEngine
+from specexec.distill.data import strip_llama2_template
+from specexec.distill.shipped import SHIPPED_DIR, load_shipped_draft, shipped_available
+from specexec.models import LoadedModel, default_draft
+
+from conftest import assert_greedy_equal, greedy_reference, load_prompts
+
+
+def test_shipped_draft_is_in_the_package():
+    assert shipped_available(), f"no shipped draft in {SHIPPED_DIR}"
+    weights = sum(p.stat().st_size for p in SHIPPED_DIR.iterdir() if p.suffix == ".safetensors")
+    assert weights <= 48 * 2**20
+
+
+@pytest.fixture(scope="module")
+def shipped(embedded):
+    model, tokenizer = embedded
+    return load_shipped_draft(model)
+
+
+def test_default_draft_of_the_embedded_target_is_the_shipped_one(embedded, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model, tokenizer = embedded
+    draft, draft_tok = default_draft(None, LoadedModel(model, tokenizer, "embedded"))
+    assert draft_tok is tokenizer
+    assert draft.config.num_hidden_layers < model.config.num_hidden_layers
+    assert draft.get_input_embeddings().weight.data_ptr() != model.get_input_embeddings().weight.data_ptr()
+    assert (draft.get_input_embeddings().weight == model.get_input_embeddings().weight).all()
+    # its layers are trained, not the target's first layers
+    assert not (draft.model.layers[0].mlp.up_proj.weight == model.model.layers[0].mlp.up_proj.weight).all()
+    # other targets, or an explicit layer count, keep the truncated copy
+    draft, _ = default_draft(None, LoadedModel(model, tokenizer, "embedded"), draft_layers=2)
+    assert draft.config.num_hidden_layers == 2
+
+
+def test_specexec_with_the_shipped_draft_is_greedy_exact(embedded, shipped):
+    model, tokenizer = embedded
+    engine = SpecExecEngine(model, tokenizer, shipped, draft_tokenizer=tokenizer)
+    for i, text in load_prompts("oasst")[:5]:
+        prompt = strip_llama2_template(text)
+        ids = engine.encode(prompt, chat=True)
+        want = greedy_reference(model, ids, 64, eos_ids=engine.eos_ids)
+        for budget in (16, 128):
+            got = engine.generate(prompt, chat=True, method="specexec", max_new_tokens=64, max_budget=budget,
+                                  temperature=0.0)
+            assert_greedy_equal(model, ids, got.token_ids, want, f"oasst {i} budget {budget}")
