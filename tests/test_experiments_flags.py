@@ -115,3 +115,26 @@ def test_offload_says_why(tmp_path, capsys, no_model_loads):
     assert main(["--offload", "--save_dir", str(tmp_path), "--device_size", "4"]) == 2
     err = capsys.readouterr().err
     assert "CUDA GPU" in err and "not available" in err
+
+
+@pytest.mark.parametrize("command", [
+    '--top_p 0.9 --temperature 0.6 --gen_type SpecExecBase --max_budget="16, 32, 64, 128, 256, 512, 1024" '
+    '--n_tests=10 --offload --exp_name="SX_sample_offload"',
+    '--top_p 0.9 --temperature 0.6 --gen_type SpecExecBase --model_0 "TheBloke/Mistral-7B-Instruct-v0.2-GPTQ" '
+    '--model_1 "TheBloke/Mixtral-8x7B-Instruct-v0.1-GPTQ" --max_n_beams=128 '
+    '--max_budget="16,32,64,128,256,512,1024,2048,4096"  --n_tests=10 --exp_name="SX2_mixtral"',
+    '--top_p 0.9 --temperature 0.6 --offload --zero --n_tests=10',
+    '--model_0 "TheBloke/Mistral-7B-Instruct-v0.2-GPTQ" --model_1 "TheBloke/Mixtral-8x7B-Instruct-v0.1-GPTQ" '
+    '--offload --zero --n_tests=10',
+])
+def test_paper_offload_and_gptq_commands_stop_at_once(command, tmp_path, capsys, no_model_loads, monkeypatch):
+    import shlex
+
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.chdir(tmp_path)
+    assert main(shlex.split(command), prog="run_exp.py") == 2
+    err = capsys.readouterr().err
+    assert ("CUDA GPU" in err or "GPTQ" in err) and "Traceback" not in err
+    assert not any(tmp_path.iterdir())

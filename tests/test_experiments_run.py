@@ -104,6 +104,7 @@ def test_zero_baseline_counts_real_tokens(tiny, tmp_path, capsys):
     assert rc == 0
     summaries, csv = check_consistent(tmp_path / "experiment", n_configs=1, n_tests=3)
     assert list(csv["method"]) == ["autoregressive"] and summaries[0]["gen_rate"] == 1.0
+    assert "speedup" not in csv.columns  # nothing to compare with
     records = read_jsonl(tmp_path / "experiment" / "results.jsonl")
     assert records[0]["temperature"] == 0.6 and records[0]["top_p"] == 0.9
     assert all(not r["chat"] for r in records if r["msg_type"] == "test")

@@ -63,6 +63,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     _flag(m, "--model_1", default=None, help="target model: hub id, folder, .gguf (default: the embedded model)")
     _flag(m, "--dtype", default="auto", help="auto (float16 on CUDA, float32 on CPU), float32, bfloat16, float16")
     _flag(m, "--device", default=None, help="cuda if available, else cpu")
+    _flag(m, "--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     _flag(m, "-o", "--offload", action="store_true", help="offload the target's layers to CPU RAM (needs CUDA)")
     _flag(m, "--device_size", type=int, default=2, help="GPU layer buffers when offloading (default 2)")
     d = p.add_argument_group("decoding (comma lists sweep: --max_budget='16, 32, 64')")

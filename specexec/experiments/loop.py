@@ -93,6 +93,10 @@ def _check_models(args, device: str) -> None:
 def _pick_device(args) -> tuple[str, str]:
     import torch
 
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device: {device!r} asked for but no CUDA device is available")
@@ -152,6 +156,8 @@ def _run(args, configs, dataset, prompts, device, dtype, out) -> int:
         _say(f"chat template: auto ({n_chat} prompt(s) wrapped in the target's chat template"
              f"{'' if has_template else ' (the target has none)'}, {len(inputs) - n_chat} fed as text; "
              "Llama-2 wrappers stripped)")
+    if args.device_size != 2 and not args.offload:
+        log.warning(f"--device_size {args.device_size} given, but it only matters with --offload")
     hardware = _hardware(device)
     _say(f"device: {device} ({hardware}); dtype {dtype}")
     out.record({

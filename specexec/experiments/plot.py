@@ -35,11 +35,26 @@ def x_of(row: dict) -> float | None:
     return None
 
 
+KNOBS = ("beams", "max_h", "budget", "minLP", "branch")
+ON_X = {"specexec": ("budget",), "specinfer": ("max_h",), "chain": ("max_h",)}
+
+
+def _lines(method: str, rows: list[dict]) -> dict[str, list[dict]]:
+    """One line per value of the knobs that vary but are not on the x axis (e.g. SpecInfer's beams)."""
+    varying = [k for k in KNOBS if k not in ON_X.get(method, ()) and len({str(r.get(k)) for r in rows}) > 1]
+    out: dict[str, list[dict]] = {}
+    for r in rows:
+        tag = "".join(f" {k}={r.get(k):g}" if _num(r.get(k)) is not None else f" {k}=-" for k in varying)
+        out.setdefault(tag, []).append(r)
+    return out
+
+
 def plot_rows(rows: list[dict], path, title: str = "") -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, metric, label in ((axes[0], "gen_rate", "gen_rate (tokens per target pass)"),
@@ -51,10 +66,13 @@ def plot_rows(rows: list[dict], path, title: str = "") -> Path:
                 for r in mine:
                     ax.axhline(_num(r[metric]), color="grey", linestyle="--", label=NAMES[method])
                 continue
-            pts = sorted((x_of(r), _num(r[metric])) for r in mine if x_of(r) is not None)
-            if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=NAMES.get(method, method))
+            for tag, group in _lines(method, mine).items():
+                pts = sorted((x_of(r), _num(r[metric])) for r in group if x_of(r) is not None)
+                if pts:
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o",
+                            label=f"{NAMES.get(method, method)}{tag}")
         ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
         ax.set_xlabel("budget (draft tokens per tree)")
         ax.set_ylabel(label)
         ax.grid(True, alpha=0.3)

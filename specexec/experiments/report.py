@@ -110,7 +110,7 @@ def summarize(config_params: dict, tests: list[dict], exp_time: float, mem_use: 
 def add_speedup(rows: list[dict]) -> None:
     """A ``speedup`` column when the autoregressive baseline is among the rows."""
     base = [r["gen_speed"] for r in rows if r["method"] == "autoregressive"]
-    if not base or not base[0] or math.isnan(base[0]):
+    if all(r["method"] == "autoregressive" for r in rows) or not base or not base[0] or math.isnan(base[0]):
         return
     for r in rows:
         r["speedup"] = r["gen_speed"] / base[0]
