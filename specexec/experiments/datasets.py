@@ -183,7 +183,7 @@ def resolve(name: str | None) -> Dataset:
     try:
         import datasets  # noqa: F401
     except ImportError:
-        hub_note = "the `datasets` package is not installed (pip install datasets) to fetch it from the hub"
+        hub_note = "the `datasets` package is not installed (pip install 'specexec[hub]') to fetch it from the hub"
     else:
         if _hub_reachable():
             try:
