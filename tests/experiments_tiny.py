@@ -13,7 +13,7 @@ CHAT_TEMPLATE = ("{% for m in messages %}<|user|> {{ m['content'] }} {% endfor %
 def _words() -> list[str]:
     data = Path(__file__).resolve().parents[1] / "specexec" / "data" / "prompts.json"
     text = " ".join(t for _, t, *_ in json.loads(data.read_text()))
-    words = sorted(set(re.findall(r"\w+|[^\w\s]", text.lower())))
+    words = sorted(set(re.findall(r"\w+|[^\w\s]+", text.lower())))
     return words + [f"w{i}" for i in range(200)]
 
 
@@ -25,7 +25,7 @@ def make_tokenizer():
     vocab = {t: i for i, t in enumerate(specials + _words())}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Split(r"\w+|[^\w\s]", behavior="isolated")
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()  # \w+|[^\w\s]+
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
                                    additional_special_tokens=["<|user|>", "<|assistant|>"])
     fast.chat_template = CHAT_TEMPLATE

@@ -184,3 +184,15 @@ def test_sigint_leaves_a_valid_jsonl(tiny, tmp_path):
     assert records[-1] == {"msg_type": "end", "status": "interrupted"}
     assert "run interrupted" in out and "SUMMARY stop (interrupted" in out
     assert len(pd.read_csv(tmp_path / "stop" / "summary.csv")) == len(summaries)
+
+
+def test_a_prompt_too_long_is_skipped_and_the_run_goes_on(tiny, tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps([0, " ".join(["the"] * 600)]) + "\n" + json.dumps([1, "the river ran"]) + "\n")
+    rc = run_exp(tiny, tmp_path, "-d", str(prompts), "--n_tests=2", "-g", "chain", "-m", "2", "--exp_name=long",
+                 "--no_plot")
+    assert rc == 0
+    records = read_jsonl(tmp_path / "long" / "results.jsonl")
+    assert [r["prompt_id"] for r in records if r["msg_type"] == "skip"] == [0]
+    assert [r["prompt_id"] for r in records if r["msg_type"] == "test"] == [1]
+    assert [r["tests"] for r in records if r["msg_type"] == "summary"] == [1]

@@ -183,8 +183,12 @@ def _run(args, configs, dataset, prompts, device, dtype, out) -> int:
     try:
         with guard, torch.inference_mode():
             # one untimed warm-up generation (lazy initialisation, allocator, caches)
-            warm_text, warm_chat = inputs[0]
-            engine.generate(warm_text, chat=warm_chat, config=configs[0].generation.with_(max_new_tokens=4))
+            for warm_text, warm_chat in inputs:
+                try:
+                    engine.generate(warm_text, chat=warm_chat, config=configs[0].generation.with_(max_new_tokens=4))
+                    break
+                except PromptError:  # reported (and skipped) in the run itself
+                    continue
             for config in configs:
                 _say(f"configuration {config.label}")
                 report.reset_peak_memory(device)
