@@ -140,6 +140,16 @@ def _load_engine(args, configs, device, dtype):
     return engine
 
 
+def describe(model) -> str:
+    """'SmolLM2... llama, 30 layers, 134.5M parameters' for the log and the config record."""
+    if model is None:
+        return "none"
+    cfg = model.config
+    n = sum(p.numel() for p in model.parameters())
+    layers = getattr(cfg, "num_hidden_layers", "?")
+    return f"{cfg.model_type}, {layers} layers, {n / 1e6:.1f}M parameters"
+
+
 def _run(args, configs, dataset, prompts, device, dtype, out) -> int:
     import torch
     from tqdm import tqdm
@@ -159,7 +169,8 @@ def _run(args, configs, dataset, prompts, device, dtype, out) -> int:
     if args.device_size != 2 and not args.offload:
         log.warning(f"--device_size {args.device_size} given, but it only matters with --offload")
     hardware = _hardware(device)
-    _say(f"device: {device} ({hardware}); dtype {dtype}")
+    models = {"target": describe(engine.target), "draft": describe(engine.draft)}
+    _say(f"device: {device} ({hardware}); dtype {dtype}; target: {models['target']}; draft: {models['draft']}")
     out.record({
         "msg_type": "config", "exp_name": args.exp_name, "argv": sys.argv[1:],
         "flags": {k: v for k, v in vars(args).items() if not k.startswith("_")},
@@ -167,7 +178,7 @@ def _run(args, configs, dataset, prompts, device, dtype, out) -> int:
         "dataset": dataset.name, "dataset_source": dataset.source,
         "prompt_ids": [p.id for p in prompts], "chat_template": args.chat_template,
         "temperature": args.temperature, "top_p": args.top_p, "max_new_tokens": args.max_new_tokens,
-        "seed": args.seed, "device": device, "hardware": hardware, "dtype": dtype,
+        "seed": args.seed, "models": models, "device": device, "hardware": hardware, "dtype": dtype,
         "torch": torch.__version__, "hostname": socket.gethostname(),
         "timestamp": datetime.now().isoformat(timespec="seconds"),
     })
