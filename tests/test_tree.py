@@ -67,6 +67,7 @@ def test_check_catches_a_wrong_mask():
         t.check()
 
 
+@torch.no_grad()
 def grow(budget, beams=4, width=4, depth=6, min_log_prob=None, decay=1.0, seed=0):
     model = tiny_model("llama", seed=seed, vocab=32, initializer_range=0.3)
     runner = ModelRunner(model)
