@@ -77,25 +77,27 @@ def agreement(target, tokenizer, drafts: dict, prompts: list[str], new_tokens: i
 
 
 def tokens_per_pass(target, tokenizer, drafts: dict, prompts: list[str], budgets: list[int], new_tokens: int,
-                    self_prompts: int) -> tuple[list[list], dict]:
-    rows, speed = [], {}
+                    baseline_prompts: int, big_prompts: int) -> list[list]:
+    """Mean new tokens per target pass; budgets above 256 on the first ``big_prompts`` prompts only,
+    drafts other than the first (the baselines) on the first ``baseline_prompts``."""
+    rows = []
+    shipped_name = next(iter(drafts))
     for name, draft in drafts.items():
         engine = SpecExecEngine(target, tokenizer, draft, draft_tokenizer=tokenizer)
-        use = prompts[:self_prompts] if name == "draft = target" else prompts
-        row = [name, len(use)]
+        row = [name]
         for b in budgets:
+            use = prompts[:baseline_prompts] if name != shipped_name else prompts
+            use = use[:big_prompts] if b > 256 else use
             tok = passes = 0
-            secs = 0.0
             for p in use:
                 r = engine.generate(p, chat=True, method="specexec", max_new_tokens=new_tokens, max_budget=b,
                                     temperature=0.0)
                 tok += r.stats.new_tokens
                 passes += r.stats.target_passes
-                secs += r.stats.seconds
-            row.append(tok / passes)
-            speed[(name, b)] = tok / secs
+            row.append(f"{tok / passes:.2f} ({len(use)})")
+            print(f"  {name} budget {b}: {tok / passes:.2f} tokens/pass on {len(use)} prompts", flush=True)
         rows.append(row)
-    return rows, speed
+    return rows
 
 
 @torch.no_grad()
@@ -133,41 +135,42 @@ def cost_rows(target, drafts: dict) -> list[list]:
 
 
 @torch.no_grad()
-def end_to_end(target, tokenizer, draft, prompts: list[str], budget: int, new_tokens: int) -> tuple[list[list], list[list]]:
+def end_to_end(target, tokenizer, draft, prompts: list[str], budgets: list[int], new_tokens: int):
+    """SpecExec at each budget, the same engine without a draft, and transformers' generate, prompt by prompt."""
     engine = SpecExecEngine(target, tokenizer, draft, draft_tokenizer=tokenizer)
-    agg = {"specexec": [0, 0.0, 0.0, 0.0, 0], "autoregressive": [0, 0.0, 0.0, 0.0, 0]}
-    hf_tok, hf_sec = 0, 0.0
-    same = 0
+    runs = [("specexec", b) for b in budgets] + [("autoregressive", 0)]
+    agg = {r: [0, 0.0, 0.0, 0.0, 0] for r in runs}  # tokens, seconds, draft fwd s, target fwd s, target passes
+    hf_tok, hf_sec, mismatches = 0, 0.0, 0
     for p in prompts:
         outs = {}
-        for method in ("specexec", "autoregressive"):
-            r = engine.generate(p, chat=True, method=method, max_new_tokens=new_tokens, max_budget=budget,
+        for method, b in runs:
+            r = engine.generate(p, chat=True, method=method, max_new_tokens=new_tokens, max_budget=b or 1,
                                 temperature=0.0)
-            a = agg[method]
-            a[0] += r.stats.new_tokens
-            a[1] += r.stats.seconds
-            a[2] += r.stats.draft_forward_seconds
-            a[3] += r.stats.target_forward_seconds
-            a[4] += r.stats.target_passes
-            outs[method] = r.token_ids
-        same += outs["specexec"] == outs["autoregressive"]
+            a, st = agg[(method, b)], r.stats
+            a[0] += st.new_tokens
+            a[1] += st.seconds
+            a[2] += st.draft_forward_seconds
+            a[3] += st.target_forward_seconds
+            a[4] += st.target_passes
+            outs[(method, b)] = r.token_ids
+        mismatches += sum(o != outs[("autoregressive", 0)] for o in outs.values())
         ids = torch.tensor([encode_prompt(tokenizer, p)])
         t = time.perf_counter()
         out = target.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, do_sample=False,
                               eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
         hf_sec += time.perf_counter() - t
         hf_tok += out.shape[1] - ids.shape[1]
-    ar_speed = agg["autoregressive"][0] / agg["autoregressive"][1]
-    rows = [[f"SpecExec, shipped draft, budget {budget}", agg["specexec"][0], agg["specexec"][1],
-             agg["specexec"][0] / agg["specexec"][1], agg["specexec"][0] / agg["specexec"][1] / ar_speed],
-            ["target alone, same engine (autoregressive)", agg["autoregressive"][0], agg["autoregressive"][1],
-             ar_speed, 1.0],
-            ["transformers generate, target", hf_tok, hf_sec, hf_tok / hf_sec, hf_tok / hf_sec / ar_speed]]
-    s = agg["specexec"]
-    ar = agg["autoregressive"]
-    split = [["SpecExec", s[4], s[0] / s[4], s[1], s[2], s[3], s[1] - s[2] - s[3]],
-             ["autoregressive", ar[4], ar[0] / ar[4], ar[1], ar[2], ar[3], ar[1] - ar[2] - ar[3]]]
-    print(f"SpecExec output equal to autoregressive on {same}/{len(prompts)} prompts", flush=True)
+    ar = agg[("autoregressive", 0)]
+    ar_speed = ar[0] / ar[1]
+    best = max(budgets, key=lambda b: agg[("specexec", b)][0] / agg[("specexec", b)][1])
+    rows, split = [], []
+    for (method, b), a in agg.items():
+        label = f"SpecExec, shipped draft, budget {b}" + (" (best)" if b == best else "") if method == "specexec" \
+            else "target alone, same engine (autoregressive)"
+        rows.append([label, a[0], a[1], a[0] / a[1], a[0] / a[1] / ar_speed])
+        split.append([label, a[4], a[0] / a[4], a[1], a[2], a[3], a[1] - a[2] - a[3]])
+    rows.append(["transformers generate, target", hf_tok, hf_sec, hf_tok / hf_sec, hf_tok / hf_sec / ar_speed])
+    print(f"outputs differing from the autoregressive decoding: {mismatches}", flush=True)
     return rows, split
 
 
@@ -175,13 +178,16 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--agree-prompts", type=int, default=100)
     ap.add_argument("--agree-tokens", type=int, default=128)
-    ap.add_argument("--pass-prompts", type=int, default=100, help="prompts for tokens per pass (first N of 0-99)")
-    ap.add_argument("--self-prompts", type=int, default=10, help="prompts for draft = target (slow)")
+    ap.add_argument("--pass-prompts", type=int, default=20, help="prompts for tokens per pass (first N of 0-99)")
+    ap.add_argument("--big-prompts", type=int, default=3, help="prompts for budgets above 256 (slow on a CPU)")
+    ap.add_argument("--baseline-prompts", type=int, default=2,
+                    help="prompts for the truncated copy and draft = target (slow on a CPU)")
     ap.add_argument("--pass-tokens", type=int, default=64)
+    ap.add_argument("--pass-drafts", default="shipped,truncated,self", help="rows of the tokens-per-pass table")
     ap.add_argument("--budgets", default="16,64,256,1024")
     ap.add_argument("--e2e-prompts", type=int, default=10)
     ap.add_argument("--e2e-tokens", type=int, default=128)
-    ap.add_argument("--e2e-budget", type=int, default=None, help="default: the fastest budget of section 2")
+    ap.add_argument("--e2e-budgets", default="16,64", help="SpecExec budgets timed end to end; the best is kept")
     ap.add_argument("--truncated-layers", type=int, default=4, help="the untrained copy (the former default: 4)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--shipped-dir", default=None, help="a shipped-format draft folder (default: the package's)")
@@ -208,26 +214,27 @@ def main() -> int:
         out.append(table(f"Agreement with the target's greedy token (oasst 0-{args.agree_prompts - 1}, "
                          f"{args.agree_tokens} greedy tokens each, teacher-forced)",
                          ["draft", "top-1", "top-4", "top-16", "tokens"], rows))
-    speed = {}
-    if "passes" not in skip:
-        rows, speed = tokens_per_pass(target, tok, {**drafts, "draft = target": target},
-                                      oasst_prompts(args.pass_prompts), budgets, args.pass_tokens, args.self_prompts)
-        out.append(table(f"SpecExec greedy tokens per target pass (oasst prompts 0-{args.pass_prompts - 1}, "
-                         f"{args.pass_tokens} new tokens; draft = target on the first {args.self_prompts})",
-                         ["draft", "prompts"] + [f"budget {b}" for b in budgets], rows))
     if "cost" not in skip:
         rows = cost_rows(target, drafts)
         out.append(table("Forward pass cost on a 256-token context (best of 3 medians of 9)",
                          ["new tokens", "draft", "draft ms", "target ms", "draft / target"], rows))
     if "e2e" not in skip:
-        name = next(iter(drafts))
-        budget = args.e2e_budget or (max(budgets, key=lambda b: speed.get((name, b), 0)) if speed else 64)
-        rows, split = end_to_end(target, tok, shipped, oasst_prompts(args.e2e_prompts), budget, args.e2e_tokens)
+        e2e_budgets = [int(b) for b in args.e2e_budgets.split(",")]
+        rows, split = end_to_end(target, tok, shipped, oasst_prompts(args.e2e_prompts), e2e_budgets, args.e2e_tokens)
         out.append(table(f"End to end, greedy, {args.e2e_tokens} new tokens, oasst prompts 0-{args.e2e_prompts - 1}",
                          ["decoding", "tokens", "seconds", "tokens/s", "vs autoregressive"], rows))
         out.append(table("Where the decoding time goes (seconds, all prompts)",
-                         ["method", "target passes", "tokens/pass", "total", "draft forwards", "target forwards",
+                         ["decoding", "target passes", "tokens/pass", "total", "draft forwards", "target forwards",
                           "rest (tree, acceptance, cache)"], split))
+    if "passes" not in skip:
+        rows_for = {"shipped": list(drafts)[0], "truncated": list(drafts)[1], "self": "draft = target"}
+        every = {**drafts, "draft = target": target}
+        chosen = {rows_for[k]: every[rows_for[k]] for k in args.pass_drafts.split(",")}
+        rows = tokens_per_pass(target, tok, chosen, oasst_prompts(args.pass_prompts),
+                               budgets, args.pass_tokens, args.baseline_prompts, args.big_prompts)
+        out.append(table(f"SpecExec greedy tokens per target pass, {args.pass_tokens} new tokens, oasst prompts "
+                         f"from 0 (number of prompts in brackets)", ["draft"] + [f"budget {b}" for b in budgets],
+                         rows))
     print(f"\n(benchmark wall time {time.time() - t0:.0f} s)")
     if args.out:
         Path(args.out).write_text("\n".join(out) + "\n")

@@ -21,6 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     design.add_argument("--layer-ids", default=None, help="draft = these target layers, e.g. 0,1,29")
     design.add_argument("--config", default=None, help="draft = this Hugging Face config.json (same vocabulary); "
                                                        "tensors matching the target's are copied")
+    design.add_argument("--init", default=None, help="start from this draft folder (an earlier distill output)")
     p.add_argument("--data", action="append", default=None,
                    help="training source, repeatable: sharegpt[:N|:A-B] and prompts:PATH[:A-B] (the target answers), "
                         "sharegpt-chat[:N|:A-B] and text:PATH (used as is), shards:DIR (the data/ folder "
@@ -66,7 +67,7 @@ def run(args) -> int:
     import torch
 
     from ..distill.dataset import build, load_examples
-    from ..distill.student import build_student
+    from ..distill.student import build_student, freeze_shared
     from ..distill.train import TrainConfig, train
     from ..errors import ConfigError
     from ..models import eos_token_ids, load_model
@@ -120,7 +121,13 @@ def run(args) -> int:
     eval_examples, train_examples = examples[:n_eval], examples[n_eval:]
 
     layer_ids = [int(x) for x in args.layer_ids.split(",")] if args.layer_ids else None
-    student = build_student(target, layers=args.layers, layer_ids=layer_ids, config_path=args.config)
+    if args.init:
+        student = load_model(args.init, dtype=args.dtype, device=args.device, with_tokenizer=False).model
+        if not torch.equal(student.get_input_embeddings().weight, target.get_input_embeddings().weight):
+            raise ConfigError(f"--init {args.init} does not share the target's embeddings")
+        freeze_shared(student)
+    else:
+        student = build_student(target, layers=args.layers, layer_ids=layer_ids, config_path=args.config)
     n_train = sum(p.numel() for p in student.parameters() if p.requires_grad)
     log(f"draft: {student.config.num_hidden_layers} layers, {n_train / 1e6:.2f} M trained parameters; "
         f"train {len(train_examples)} examples, eval {len(eval_examples)}")
@@ -132,7 +139,7 @@ def run(args) -> int:
     evals = [r for r in records if "eval" in r]
     summary = {"target": loaded.name, "data": specs, "examples": len(examples), "scored_tokens": n_tokens,
                "train": vars(cfg) if not hasattr(cfg, "__dataclass_fields__") else cfg.__dict__,
-               "draft_layers": layer_ids or list(range(args.layers or 2)) if not args.config else args.config,
+               "draft": args.init or args.config or layer_ids or list(range(args.layers or 2)),
                "train_seconds_this_run": round(time.perf_counter() - t1, 1),
                "first_eval": evals[0] if evals else None, "final_eval": evals[-1] if evals else None,
                "loss_every_50_steps": [(r["step"], r["loss"]) for r in records if r["step"] % 50 == 0]}
