@@ -32,13 +32,13 @@ from ..errors import ConfigError
 # file name -> ids held out for evaluation (None: the whole file)
 HELD_OUT = {"oasst_prompts.json": range(0, 100), "c4_prompts.json": None, "wikitext_prompts.json": None}
 
-_LLAMA2_WRAPPER = re.compile(r"^\s*\[INST\]\s*(?:<<SYS>>.*?<</SYS>+>?\s*)?(.*?)\s*\[[\\/]INST\]\s*$", re.S)
-
 
 def strip_llama2_template(text: str) -> str:
-    """The user's question inside a Llama-2 chat wrapper (``[INST] <<SYS>>...<</SYS> q [\\INST]``)."""
-    m = _LLAMA2_WRAPPER.match(text)
-    return m.group(1).strip() if m else text.strip()
+    """The user's question inside a Llama-2 chat wrapper (``[INST] <<SYS>>...<</SYS> q [\\INST]``), else the text."""
+    from ..experiments.datasets import strip_llama2_wrapper
+
+    inner = strip_llama2_wrapper(text)
+    return inner if inner is not None else text.strip()
 
 
 def _normalise(text: str) -> str:
