@@ -13,25 +13,9 @@ pass, and the share of decoding time spent outside the two models' forward passe
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import time
 
 import torch
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads){gpu}"
 
 
 def main() -> None:
@@ -46,6 +30,7 @@ def main() -> None:
 
     from specexec import SpecExecEngine
     from specexec.experiments.datasets import prepare, resolve
+    from specexec.experiments.loop import _hardware as hardware
     from specexec.models import default_draft, load_model
 
     target = load_model(args.target, device=args.device)
@@ -99,7 +84,7 @@ def main() -> None:
 
     base = rows[0]["tok_s"]
     print()
-    print(f"Machine: {machine()}")
+    print(f"Machine: {hardware(args.device)}, torch {torch.__version__}")
     print(f"Target {args.target}, draft {args.draft or 'default'}, greedy, {len(prompts)} oasst prompts "
           f"(chat template), {args.max_new_tokens} new tokens")
     print()

@@ -227,7 +227,8 @@ class SpecExecEngine:
                     chains = 1 if cfg.method == "chain" else cfg.max_n_beams
                     q_at = grow_chains(expander, logits[-1], chains, max_depth, draft_sampling, generator)
                 stats.draft_passes += 1 + expander.passes
-            draft.synchronize() if draft is not None else None
+            if draft is not None:
+                draft.synchronize()
             t_mid = time.perf_counter()
 
             n = tree.size
