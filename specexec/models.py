@@ -9,6 +9,7 @@ second.
 from __future__ import annotations
 
 import copy
+import fcntl
 import importlib.util
 import os
 import shutil
@@ -65,9 +66,23 @@ def smollm2_gguf_path() -> Path:
 def embedded_target_dir() -> Path:
     """The plain-HF copy of the embedded target, converted from GGUF on first use."""
     out = cache_dir() / "models" / "SmolLM2-135M-Instruct"
-    if (out / "config.json").exists() and (out / "model.safetensors").exists():
+    if _converted(out):
         return out
     gguf = smollm2_gguf_path()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # one conversion at a time: a second process waits, then finds the folder ready
+    with open(out.parent / ".convert.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not _converted(out):
+            _convert_gguf(gguf, out)
+    return out
+
+
+def _converted(out: Path) -> bool:
+    return (out / "config.json").exists() and (out / "model.safetensors").exists()
+
+
+def _convert_gguf(gguf: Path, out: Path) -> None:
     print(f"specexec: converting {gguf.name} to a Hugging Face folder in {out} (once, ~20 s)...",
           file=sys.stderr, flush=True)
     _quiet_transformers()
@@ -78,7 +93,6 @@ def embedded_target_dir() -> Path:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.hf_quantizer = None
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".convert-"))
     try:
         model.save_pretrained(tmp)
@@ -90,7 +104,6 @@ def embedded_target_dir() -> Path:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     print("specexec: conversion done.", file=sys.stderr, flush=True)
-    return out
 
 
 def resolve(name: str | None) -> tuple[str, dict]:
