@@ -11,7 +11,7 @@ Two sizes of the same matrix:
 
 - ``SPECEXEC_FULL_MATRIX=1``: every (draft, method, budget 16 / 128) cell on all 21 prompts;
   budgets 1 and 1024 on 3 prompts (one per set) for every method with the target as draft
-  and for SpecExec with the truncated draft. About 45 minutes on 2 CPU cores.
+  and for SpecExec with the truncated draft. 44 minutes on 2 CPU cores (docs/exactness.md).
 - the default (the README's test command), sized for the suite's 20 minutes: SpecExec with
   the target as draft on all 21 prompts; SpecInfer and chain with the target as draft on 9
   prompts per budget (3 per set, different prompts at each budget, 18 of the 21 in all);
