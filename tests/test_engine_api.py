@@ -99,6 +99,37 @@ def test_embedded_loads_from_the_converted_cache(monkeypatch):
     assert loaded.tokenizer.eos_token == "<|im_end|>"
 
 
+def test_two_processes_convert_the_embedded_model_once(monkeypatch, tmp_path):
+    """Concurrent first uses of the embedded target: one converts, the other waits for the
+    folder instead of converting again over it (the lock is taken per open file, so two
+    threads stand in for two processes)."""
+    import threading
+    import time
+
+    import specexec.models as models
+
+    monkeypatch.setenv("SPECEXEC_CACHE", str(tmp_path))
+    monkeypatch.setattr(models, "smollm2_gguf_path", lambda: tmp_path / "model.gguf")
+    calls = []
+
+    def fake_convert(gguf, out):
+        calls.append(out)
+        time.sleep(0.3)
+        out.mkdir(parents=True)
+        (out / "config.json").write_text("{}")
+        (out / "model.safetensors").write_bytes(b"")
+
+    monkeypatch.setattr(models, "_convert_gguf", fake_convert)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(models.embedded_target_dir())) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1
+    assert results == [calls[0], calls[0]]
+
+
 def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "specexec", *args], capture_output=True, text=True, timeout=600)
 
