@@ -20,8 +20,8 @@ Two sizes of the same matrix:
 
 Tree shapes. SpecExec: ``max_budget`` B, 16 beams, branch width 16. SpecInfer: B=16 is 4
 chains x 4 tokens, B=128 is 8 x 16 (the truncated draft: 32 x 4), B=1024 is 32 x 32. Chain:
-B tokens up to 32 (the truncated draft: 4 at B=16, 8 at B=128). The truncated draft agrees
-with the target on about one token in ten, so its trees are kept shallow (4 draft passes):
+B tokens up to 32 (the truncated draft: 4 at B=16, 8 at B=128). The truncated draft gets
+about 1.1-1.4 tokens per target pass, so its trees are kept shallow (4 draft passes):
 deeper levels would only add draft passes whose tokens are never accepted.
 """
 
