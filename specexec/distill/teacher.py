@@ -61,7 +61,7 @@ def generate_examples(model, prompts: list[list[int]], *, max_new_tokens: int, t
     tokens, top_ids, top_logp = [], [], []
     step_ids, step_pos = ids, position
     for _ in range(max_new_tokens):
-        logits = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos, past_key_values=cache,
+        logits = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos, cache=cache,
                        use_cache=True).logits[:, -1]
         ti, tl = _topk(logits, k)
         top_ids.append(ti.cpu())
