@@ -43,7 +43,7 @@ FULL = os.environ.get("SPECEXEC_FULL_MATRIX", "") == "1"
 def settings(draft, method, budget):
     shallow = draft == "truncated"
     if method == "specexec":
-        depth = 4 if shallow and budget <= 128 else (8 if shallow else 12)
+        depth = (8 if budget > 128 else 4) if shallow else 12
         return dict(max_budget=budget, max_n_beams=16, max_branch_width=16, max_beam_len=depth)
     if method == "specinfer":
         shapes = {1: (1, 1), 16: (4, 4), 128: (32, 4) if shallow else (8, 16), 1024: (32, 32)}
@@ -88,19 +88,23 @@ def drafts(embedded):
 def check(embedded, drafts, cases, draft_name, method, budget):
     target, tok = embedded
     engine = SpecExecEngine(target, tok, drafts[draft_name], draft_tokenizer=tok)
+    shape = settings(draft_name, method, budget)
+    limit = tree_limit(shape, method)
     for label, ids, want in cases:
-        res = engine.generate(ids, method=method, max_new_tokens=NEW_TOKENS, temperature=0.0,
-                              **settings(draft_name, method, budget))
+        res = engine.generate(ids, method=method, max_new_tokens=NEW_TOKENS, temperature=0.0, **shape)
         assert_greedy_equal(target, ids, res.token_ids, want, f"{label} {draft_name} {method} budget {budget}")
         if res.stats.stop_reason == "length":
             assert len(res.token_ids) == NEW_TOKENS
-        assert max(res.stats.tree_sizes) <= tree_limit(settings(draft_name, method, budget), method)
+        assert max(res.stats.tree_sizes) <= limit
 
 
 def tree_limit(shape, method):
+    """The most drafted tokens a tree of this shape may hold."""
     if method == "specexec":
         return shape["max_budget"]
-    return shape["max_beam_len"] * shape.get("max_n_beams", 1) if method == "specinfer" else shape["max_beam_len"]
+    if method == "specinfer":
+        return shape["max_n_beams"] * shape["max_beam_len"]
+    return shape["max_beam_len"]
 
 
 @pytest.mark.parametrize("budget", [16, 128])
@@ -128,14 +132,14 @@ def test_default_sample_spreads_over_the_prompt_sets():
     together use 18 (self) and 12 (truncated) different prompts."""
     fake = [(f"{name}-{i}", [i], []) for name in ("oasst", "c4", "wikitext") for i in range(PER_SET)]
     for draft, want in (("self", 21 if FULL else 18), ("truncated", 21 if FULL else 12)):
+        # SpecExec with the target as draft runs on every prompt: not a sample
+        methods = ("specinfer", "chain") if draft == "self" else ("specexec", "specinfer", "chain")
         seen = set()
-        for method in ("specinfer", "chain"):
+        for method in methods:
             for budget in (16, 128):
                 chosen = sample(fake, draft, method, budget)
                 assert len({label.split("-")[0] for label, _, _ in chosen}) >= 2
                 seen.update(label for label, _, _ in chosen)
-        if draft == "truncated":
-            seen.update(label for budget in (16, 128) for label, _, _ in sample(fake, draft, "specexec", budget))
         assert len(seen) == want, (draft, sorted(seen))
 
 
