@@ -8,7 +8,7 @@ import torch
 import transformers
 
 from specexec.distill import data
-from specexec.distill.student import build_student, trainable_state
+from specexec.distill.student import build_student, insert_layers, parse_insertions, trainable_state
 from specexec.distill.teacher import generate_examples, score_text
 from specexec.distill.train import TrainConfig, evaluate, train
 from specexec.errors import ConfigError
@@ -93,6 +93,28 @@ def test_student_layers_come_from_the_target():
     assert torch.equal(student.model.layers[1].mlp.up_proj.weight, target.model.layers[2].mlp.up_proj.weight)
     with pytest.raises(ConfigError):
         build_student(target, layer_ids=[3])
+
+
+def test_growing_a_draft_keeps_its_function_then_trains_the_new_layer(teacher_data, tmp_path):
+    target, examples, held = teacher_data
+    student = build_student(target, layer_ids=[0, 2])
+    cfg = TrainConfig(steps=6, batch_size=4, seq_len=64, lr=3e-3, warmup=2, eval_every=1000, save_every=1000)
+    train(student, examples, held, tmp_path / "a", cfg, progress=False, log=lambda m: None)
+    grown = insert_layers(student, target, parse_insertions(["1:1"]))
+    assert grown.config.num_hidden_layers == 3
+    ids = examples[0].ids[None].long()
+    with torch.no_grad():
+        assert torch.allclose(grown(ids).logits, student(ids).logits, atol=1e-5)
+    # the old layers keep their trained weights, the new one is the target's layer 1 with zero outputs
+    assert torch.equal(grown.model.layers[2].mlp.up_proj.weight, student.model.layers[1].mlp.up_proj.weight)
+    assert torch.equal(grown.model.layers[1].self_attn.q_proj.weight, target.model.layers[1].self_attn.q_proj.weight)
+    assert not grown.model.layers[1].mlp.down_proj.weight.any()
+    train(grown, examples, held, tmp_path / "b", cfg, progress=False, log=lambda m: None)
+    assert grown.model.layers[1].mlp.down_proj.weight.abs().sum() > 0
+    assert torch.equal(grown.lm_head.weight, target.lm_head.weight)
+    for bad in (["1"], ["x:1"], ["9:1"], ["1:3"]):
+        with pytest.raises(ConfigError):
+            insert_layers(student, target, parse_insertions(bad))
 
 
 def test_evaluation_prompts_are_refused(tmp_path):

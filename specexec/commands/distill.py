@@ -22,6 +22,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     design.add_argument("--config", default=None, help="draft = this Hugging Face config.json (same vocabulary); "
                                                        "tensors matching the target's are copied")
     design.add_argument("--init", default=None, help="start from this draft folder (an earlier distill output)")
+    p.add_argument("--add-layer", action="append", default=None, metavar="POS:LAYER",
+                   help="grow the draft: insert a copy of target layer LAYER at position POS, its output "
+                        "projections zeroed so the draft starts out computing what it did (repeatable)")
     p.add_argument("--data", action="append", default=None,
                    help="training source, repeatable: sharegpt[:N|:A-B] and prompts:PATH[:A-B] (the target answers), "
                         "sharegpt-chat[:N|:A-B] and text:PATH (used as is), shards:DIR (the data/ folder "
@@ -67,7 +70,7 @@ def run(args) -> int:
     import torch
 
     from ..distill.dataset import build, load_examples
-    from ..distill.student import build_student, freeze_shared
+    from ..distill.student import build_student, freeze_shared, insert_layers, parse_insertions
     from ..distill.train import TrainConfig, train
     from ..errors import ConfigError
     from ..models import eos_token_ids, load_model
@@ -78,6 +81,7 @@ def run(args) -> int:
     for name in ("steps", "batch_size", "seq_len", "top_k", "gen_batch_size"):
         if getattr(args, name) <= 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be positive")
+    insertions = parse_insertions(args.add_layer)
     out = Path(args.out)
     if (out / "checkpoint.pt").exists() and not args.resume:
         raise ConfigError(f"{out} holds a checkpoint: pass --resume to continue it, or choose another --out")
@@ -128,6 +132,7 @@ def run(args) -> int:
         freeze_shared(student)
     else:
         student = build_student(target, layers=args.layers, layer_ids=layer_ids, config_path=args.config)
+    student = insert_layers(student, target, insertions)
     n_train = sum(p.numel() for p in student.parameters() if p.requires_grad)
     log(f"draft: {student.config.num_hidden_layers} layers, {n_train / 1e6:.2f} M trained parameters; "
         f"train {len(train_examples)} examples, eval {len(eval_examples)}")
@@ -140,6 +145,7 @@ def run(args) -> int:
     summary = {"target": loaded.name, "data": specs, "examples": len(examples), "scored_tokens": n_tokens,
                "train": vars(cfg) if not hasattr(cfg, "__dataclass_fields__") else cfg.__dict__,
                "draft": args.init or args.config or layer_ids or list(range(args.layers or 2)),
+               "added_layers": args.add_layer or [],
                "train_seconds_this_run": round(time.perf_counter() - t1, 1),
                "first_eval": evals[0] if evals else None, "final_eval": evals[-1] if evals else None,
                "loss_every_50_steps": [(r["step"], r["loss"]) for r in records if r["step"] % 50 == 0]}

@@ -71,3 +71,75 @@ def freeze_shared(student) -> None:
 def trainable_state(student) -> dict[str, torch.Tensor]:
     names = {n for n, p in student.named_parameters() if p.requires_grad}
     return {k: v for k, v in student.state_dict().items() if k in names}
+
+
+# the projections that write a decoder layer's attention and MLP results into the residual stream
+_OUTPUT_PROJECTIONS = ("o_proj", "down_proj", "out_proj", "c_proj", "fc2", "w2", "dense_4h_to_h")
+
+
+def parse_insertions(spec: list[str] | None) -> list[tuple[int, int]]:
+    """``["2:28", ...]`` -> ``[(2, 28), ...]``: put target layer 28 at position 2 of the draft."""
+    out = []
+    for item in spec or []:
+        pos, sep, src = item.partition(":")
+        if not sep or not pos.strip().isdigit() or not src.strip().isdigit():
+            raise ConfigError(f"--add-layer takes POSITION:TARGET_LAYER (e.g. 2:28), got {item!r}")
+        out.append((int(pos), int(src)))
+    return out
+
+
+def insert_layers(student, target, insertions: list[tuple[int, int]]) -> torch.nn.Module:
+    """A deeper draft: ``student`` with target layers inserted, the draft's function unchanged.
+
+    Each ``(position, target_layer)`` puts a copy of that target layer at that position of the
+    new layer stack (positions count in the new stack, in the order given). The copy's output
+    projections (attention and MLP) start at zero, so the new layer adds nothing to the residual
+    stream and the grown draft computes exactly what ``student`` did; training then gives it
+    a share of the work (its other weights, the target's, are where it starts from).
+    """
+    from transformers import AutoModelForCausalLM
+
+    if not insertions:
+        return student
+    total = target.config.num_hidden_layers
+    # new stack: ("student", i) or ("target", j)
+    stack: list[tuple[str, int]] = [("student", i) for i in range(student.config.num_hidden_layers)]
+    for pos, src in insertions:
+        if not 0 <= src < total:
+            raise ConfigError(f"--add-layer: the target has layers 0-{total - 1}, got {src}")
+        if not 0 <= pos <= len(stack):
+            raise ConfigError(f"--add-layer: position {pos} is outside the draft's 0-{len(stack)} layer slots")
+        stack.insert(pos, ("target", src))
+    config = copy.deepcopy(student.config)
+    config.num_hidden_layers = len(stack)
+    if getattr(config, "layer_types", None) is not None:
+        types_t = target.config.layer_types
+        types_s = student.config.layer_types
+        config.layer_types = [types_s[i] if who == "student" else types_t[i] for who, i in stack]
+    dtype = next(student.parameters()).dtype
+    grown = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    sources = {"student": student.state_dict(), "target": target.state_dict()}
+    load, zeroed = {}, 0
+    for key, value in grown.state_dict().items():
+        m = _LAYER_KEY.match(key)
+        if m is None:
+            src_key, who = key, "student"
+        else:
+            who, idx = stack[int(m.group(2))]
+            src_key = f"{m.group(1)}{idx}{m.group(3)}"
+        tensor = sources[who].get(src_key)
+        if tensor is None or tensor.shape != value.shape:
+            raise ConfigError(f"cannot grow the draft: no tensor {src_key} of shape {tuple(value.shape)} "
+                              f"in the {who}")
+        tensor = tensor.clone()
+        if who == "target" and any(f".{name}." in m.group(3) for name in _OUTPUT_PROJECTIONS):
+            tensor.zero_()
+            zeroed += 1
+        load[key] = tensor
+    if zeroed < 2 * len(insertions):
+        raise ConfigError("cannot grow the draft: its layers' output projections were not recognised")
+    grown.load_state_dict(load, strict=False)
+    if getattr(config, "tie_word_embeddings", False):
+        grown.tie_weights()
+    freeze_shared(grown)
+    return grown.to(next(student.parameters()).device)
