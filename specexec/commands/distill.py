@@ -110,7 +110,7 @@ def run(args) -> int:
                    batch_size=args.gen_batch_size, max_prompt_tokens=args.max_prompt_tokens,
                    max_new_tokens=args.gen_max_new_tokens, temperature=args.gen_temperature, seq_len=args.seq_len,
                    held_out_search=_held_out_search(specs), eos_ids=eos, pad_id=pad,
-                   max_shards=args.max_shards, log=log)
+                   max_shards=args.max_shards, log=log, progress=not args.no_progress)
     for spec in specs:  # teacher data built by earlier runs
         if spec.startswith("shards:"):
             shards += sorted(Path(spec.split(":", 1)[1]).glob("shard-*.pt"))

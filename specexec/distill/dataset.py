@@ -66,7 +66,7 @@ def plan(tokenizer, specs: list[str], *, seed: int, max_prompt_tokens: int, seq_
 def build(model, tokenizer, specs: list[str], out_dir: Path, *, seed: int, k: int, batch_size: int,
           max_prompt_tokens: int, max_new_tokens: int, temperature: float, seq_len: int,
           held_out_search: list[Path], eos_ids: set[int], pad_id: int, max_shards: int | None = None,
-          log=print) -> list[Path]:
+          log=print, progress: bool = True) -> list[Path]:
     """Write (or finish writing) the shards; returns their paths."""
     from tqdm import tqdm
 
@@ -80,7 +80,7 @@ def build(model, tokenizer, specs: list[str], out_dir: Path, *, seed: int, k: in
     jobs = jobs[:max_shards] if max_shards else jobs
     log(f"data: {len(prompts)} prompts to answer, {len(chunks)} text chunks, {len(jobs)} shards")
     paths = []
-    bar = tqdm(total=len(jobs), desc="teacher data", unit="shard")
+    bar = tqdm(total=len(jobs), desc="teacher data", unit="shard", disable=not progress)
     tokens, t0 = 0, time.perf_counter()
     for n, (kind, items) in enumerate(jobs):
         path = out_dir / f"shard-{n:05d}.pt"
@@ -100,6 +100,8 @@ def build(model, tokenizer, specs: list[str], out_dir: Path, *, seed: int, k: in
         tokens += sum(len(e.top_ids) for e in examples)
         bar.update(1)
         bar.set_postfix(tok_s=f"{tokens / (time.perf_counter() - t0):.0f}")
+        if not progress and ((n + 1) % 10 == 0 or n + 1 == len(jobs)):
+            log(f"data: shard {n + 1}/{len(jobs)}, {tokens / (time.perf_counter() - t0):.0f} tokens/s")
     bar.close()
     return paths
 
