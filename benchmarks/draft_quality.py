@@ -28,7 +28,7 @@ import torch
 from specexec import SpecExecEngine
 from specexec.distill.data import strip_llama2_template
 from specexec.distill.dataset import encode_prompt
-from specexec.distill.shipped import load_shipped_draft
+from specexec.distill.shipped import SHIPPED_DIR, load_shipped_draft
 from specexec.distill.teacher import generate_examples
 from specexec.models import load_model, truncated_copy
 
@@ -199,7 +199,7 @@ def main() -> int:
 
     loaded = load_model("embedded", dtype="float32")
     target, tok = loaded.model, loaded.tokenizer
-    shipped = load_shipped_draft(target, Path(args.shipped_dir)) if args.shipped_dir else load_shipped_draft(target)
+    shipped = load_shipped_draft(target, Path(args.shipped_dir) if args.shipped_dir else SHIPPED_DIR)
     truncated = truncated_copy(target, args.truncated_layers)
     drafts = {f"shipped distilled ({shipped.config.num_hidden_layers} layers)": shipped,
               f"truncated untrained ({args.truncated_layers} layers)": truncated}

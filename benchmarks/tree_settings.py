@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from draft_quality import oasst_prompts, table  # noqa: E402
 
 from specexec import SpecExecEngine  # noqa: E402
-from specexec.distill.shipped import load_shipped_draft  # noqa: E402
+from specexec.distill.shipped import SHIPPED_DIR, load_shipped_draft  # noqa: E402
 from specexec.models import load_model  # noqa: E402
 
 FIELDS = {"max_n_beams": int, "max_beam_len": int, "max_branch_width": int, "draft_temperature": float,
@@ -60,7 +60,7 @@ def main() -> int:
     settings = [(s, parse_setting(s)) for s in args.settings]
     loaded = load_model("embedded", dtype="float32")
     target, tok = loaded.model, loaded.tokenizer
-    draft = load_shipped_draft(target, Path(args.shipped_dir)) if args.shipped_dir else load_shipped_draft(target)
+    draft = load_shipped_draft(target, Path(args.shipped_dir) if args.shipped_dir else SHIPPED_DIR)
     engine = SpecExecEngine(target, tok, draft, draft_tokenizer=tok)
     prompts = oasst_prompts(args.prompts)
     rows, reference = [], {}

@@ -99,9 +99,10 @@ def build(model, tokenizer, specs: list[str], out_dir: Path, *, seed: int, k: in
         tmp.replace(path)
         tokens += sum(len(e.top_ids) for e in examples)
         bar.update(1)
-        bar.set_postfix(tok_s=f"{tokens / (time.perf_counter() - t0):.0f}")
+        rate = tokens / (time.perf_counter() - t0)
+        bar.set_postfix(tok_s=f"{rate:.0f}")
         if not progress and ((n + 1) % 10 == 0 or n + 1 == len(jobs)):
-            log(f"data: shard {n + 1}/{len(jobs)}, {tokens / (time.perf_counter() - t0):.0f} tokens/s")
+            log(f"data: shard {n + 1}/{len(jobs)}, {rate:.0f} tokens/s")
     bar.close()
     return paths
 

@@ -52,13 +52,18 @@ def build_student(target, *, layers: int | None = None, layer_ids: list[int] | N
             load[key] = source[src].clone()
         elif mapping is not None:
             raise ConfigError(f"cannot build the draft: the target has no tensor {src}")
-    student.load_state_dict(load, strict=False)
-    if getattr(config, "tie_word_embeddings", False):
-        student.tie_weights()
+    _finish(student, load)
     if student.get_input_embeddings().weight.shape != target.get_input_embeddings().weight.shape:
         raise ConfigError("the draft's vocabulary and embedding size must match the target's")
-    freeze_shared(student)
     return student.to(next(target.parameters()).device)
+
+
+def _finish(model, state: dict[str, torch.Tensor]) -> None:
+    """Load ``state`` into a freshly built draft, tie its head if its config says so, freeze the shared parts."""
+    model.load_state_dict(state, strict=False)
+    if getattr(model.config, "tie_word_embeddings", False):
+        model.tie_weights()
+    freeze_shared(model)
 
 
 def freeze_shared(student) -> None:
@@ -138,8 +143,5 @@ def insert_layers(student, target, insertions: list[tuple[int, int]]) -> torch.n
         load[key] = tensor
     if zeroed < 2 * len(insertions):
         raise ConfigError("cannot grow the draft: its layers' output projections were not recognised")
-    grown.load_state_dict(load, strict=False)
-    if getattr(config, "tie_word_embeddings", False):
-        grown.tie_weights()
-    freeze_shared(grown)
+    _finish(grown, load)
     return grown.to(next(student.parameters()).device)
