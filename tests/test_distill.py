@@ -52,6 +52,30 @@ def test_teacher_records_the_targets_distributions(teacher_data):
     assert torch.equal(again.top_ids[:, 0], e.top_ids[:, 0])
 
 
+def test_sampling_only_the_first_tokens_then_greedy(teacher_data):
+    target, greedy, _ = teacher_data
+    prompts = [e.ids[:e.first].tolist() for e in greedy[:16]]
+    runs = [generate_examples(target, prompts, max_new_tokens=24, temperature=1.5, k=16, eos_ids=set(), pad_id=0,
+                              generator=torch.Generator().manual_seed(s), sample_tokens=3) for s in (1, 2)]
+    for examples in runs:
+        for e in examples:
+            response = e.ids[e.first:]
+            # from the fourth response token on, every token is the target's most likely one
+            assert torch.equal(response[3:], e.top_ids[3:, 0])
+    # the sampled openings differ between seeds and from the greedy answers
+    openings = [[tuple(e.ids[e.first:e.first + 3].tolist()) for e in examples] for examples in runs]
+    assert openings[0] != openings[1]
+    assert openings[0] != [tuple(e.ids[e.first:e.first + 3].tolist()) for e in greedy[:16]]
+
+
+@pytest.mark.parametrize("flags", [["--gen-sample-tokens", "4"], ["--gen-sample-tokens", "-1", "--gen-temperature", "1"]])
+def test_sample_tokens_flag_is_checked(flags, tmp_path, capsys):
+    from specexec.cli import main
+
+    assert main(["distill", "--target", "embedded", "--out", str(tmp_path / "d"), *flags]) == 2
+    assert "--gen-sample-tokens" in capsys.readouterr().err
+
+
 def test_loss_falls_and_agreement_rises(teacher_data, tmp_path):
     target, examples, held = teacher_data
     student = build_student(target, layers=1)

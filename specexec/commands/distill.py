@@ -41,6 +41,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, default=32, help="teacher log-probs kept per token")
     p.add_argument("--gen-max-new-tokens", type=int, default=128, help="length of the target's responses")
     p.add_argument("--gen-temperature", type=float, default=0.0, help="0: greedy responses (default)")
+    p.add_argument("--gen-sample-tokens", type=int, default=0, metavar="N",
+                   help="with --gen-temperature: sample only the first N tokens of each response, then "
+                        "continue greedily (greedy-style answers from varied starts); 0: sample throughout")
     p.add_argument("--gen-batch-size", type=int, default=16)
     p.add_argument("--max-prompt-tokens", type=int, default=256)
     p.add_argument("--eval-every", type=int, default=100)
@@ -81,6 +84,10 @@ def run(args) -> int:
     for name in ("steps", "batch_size", "seq_len", "top_k", "gen_batch_size"):
         if getattr(args, name) <= 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be positive")
+    if args.gen_sample_tokens < 0:
+        raise ConfigError("--gen-sample-tokens must be 0 or more")
+    if args.gen_sample_tokens and args.gen_temperature <= 0:
+        raise ConfigError("--gen-sample-tokens needs --gen-temperature above 0 (greedy answers sample nothing)")
     insertions = parse_insertions(args.add_layer)
     out = Path(args.out)
     if (out / "checkpoint.pt").exists() and not args.resume:
@@ -110,7 +117,8 @@ def run(args) -> int:
                    batch_size=args.gen_batch_size, max_prompt_tokens=args.max_prompt_tokens,
                    max_new_tokens=args.gen_max_new_tokens, temperature=args.gen_temperature, seq_len=args.seq_len,
                    held_out_search=_held_out_search(specs), eos_ids=eos, pad_id=pad,
-                   max_shards=args.max_shards, log=log, progress=not args.no_progress)
+                   max_shards=args.max_shards, log=log, progress=not args.no_progress,
+                   sample_tokens=args.gen_sample_tokens)
     for spec in specs:  # teacher data built by earlier runs
         if spec.startswith("shards:"):
             shards += sorted(Path(spec.split(":", 1)[1]).glob("shard-*.pt"))

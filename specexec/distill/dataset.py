@@ -66,7 +66,7 @@ def plan(tokenizer, specs: list[str], *, seed: int, max_prompt_tokens: int, seq_
 def build(model, tokenizer, specs: list[str], out_dir: Path, *, seed: int, k: int, batch_size: int,
           max_prompt_tokens: int, max_new_tokens: int, temperature: float, seq_len: int,
           held_out_search: list[Path], eos_ids: set[int], pad_id: int, max_shards: int | None = None,
-          log=print, progress: bool = True) -> list[Path]:
+          log=print, progress: bool = True, sample_tokens: int = 0) -> list[Path]:
     """Write (or finish writing) the shards; returns their paths."""
     from tqdm import tqdm
 
@@ -91,7 +91,8 @@ def build(model, tokenizer, specs: list[str], out_dir: Path, *, seed: int, k: in
         generator = torch.Generator().manual_seed(seed * 1_000_003 + n)
         if kind == "gen":
             examples = generate_examples(model, items, max_new_tokens=max_new_tokens, temperature=temperature, k=k,
-                                         eos_ids=eos_ids, pad_id=pad_id, generator=generator)
+                                         eos_ids=eos_ids, pad_id=pad_id, generator=generator,
+                                         sample_tokens=sample_tokens)
         else:
             examples = score_text(model, items, k)
         tmp = path.with_suffix(".tmp")

@@ -37,11 +37,15 @@ def _topk(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 @torch.no_grad()
 def generate_examples(model, prompts: list[list[int]], *, max_new_tokens: int, temperature: float, k: int,
-                      eos_ids: set[int], pad_id: int, generator: torch.Generator) -> list[Example]:
+                      eos_ids: set[int], pad_id: int, generator: torch.Generator,
+                      sample_tokens: int = 0) -> list[Example]:
     """Batched generation with left padding; returns one :class:`Example` per prompt.
 
-    Greedy for ``temperature == 0``, else sampling from softmax(logits / temperature). The
-    recorded distributions are the target's own (temperature 1), whatever the sampling.
+    Greedy for ``temperature == 0``, else sampling from softmax(logits / temperature). With
+    ``sample_tokens > 0`` only the first ``sample_tokens`` tokens of each response are sampled
+    and the rest is greedy: text in the style of the target's greedy answers, from varied
+    starts, so one prompt yields many greedy-like answers. The recorded distributions are the
+    target's own (temperature 1), whatever the sampling.
     """
     from transformers import DynamicCache
 
@@ -60,13 +64,13 @@ def generate_examples(model, prompts: list[list[int]], *, max_new_tokens: int, t
     eos = torch.tensor(sorted(eos_ids) or [-1], device=device)
     tokens, top_ids, top_logp = [], [], []
     step_ids, step_pos = ids, position
-    for _ in range(max_new_tokens):
+    for step in range(max_new_tokens):
         logits = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos, cache=cache,
                        use_cache=True).logits[:, -1]
         ti, tl = _topk(logits, k)
         top_ids.append(ti.cpu())
         top_logp.append(tl.cpu())
-        if temperature == 0:
+        if temperature == 0 or 0 < sample_tokens <= step:
             nxt = logits.argmax(-1)
         else:
             probs = torch.softmax(logits.float() / temperature, dim=-1)
