@@ -68,12 +68,13 @@ def test_sampling_only_the_first_tokens_then_greedy(teacher_data):
     assert openings[0] != [tuple(e.ids[e.first:e.first + 3].tolist()) for e in greedy[:16]]
 
 
-@pytest.mark.parametrize("flags", [["--gen-sample-tokens", "4"], ["--gen-sample-tokens", "-1", "--gen-temperature", "1"]])
-def test_sample_tokens_flag_is_checked(flags, tmp_path, capsys):
+@pytest.mark.parametrize("flags", [["--gen-sample-tokens", "4"], ["--gen-sample-tokens", "-1", "--gen-temperature", "1"],
+                                   ["--gen-temperature", "-0.5"], ["--gen-temperature", "nan"]])
+def test_generation_flags_are_checked(flags, tmp_path, capsys):
     from specexec.cli import main
 
     assert main(["distill", "--target", "embedded", "--out", str(tmp_path / "d"), *flags]) == 2
-    assert "--gen-sample-tokens" in capsys.readouterr().err
+    assert flags[0] in capsys.readouterr().err
 
 
 def test_loss_falls_and_agreement_rises(teacher_data, tmp_path):

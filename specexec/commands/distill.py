@@ -84,6 +84,8 @@ def run(args) -> int:
     for name in ("steps", "batch_size", "seq_len", "top_k", "gen_batch_size"):
         if getattr(args, name) <= 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be positive")
+    if not args.gen_temperature >= 0:
+        raise ConfigError("--gen-temperature must be 0 (greedy) or more")
     if args.gen_sample_tokens < 0:
         raise ConfigError("--gen-sample-tokens must be 0 or more")
     if args.gen_sample_tokens and args.gen_temperature <= 0:
