@@ -190,7 +190,8 @@ def main() -> int:
     ap.add_argument("--e2e-budgets", default="16,64", help="SpecExec budgets timed end to end; the best is kept")
     ap.add_argument("--truncated-layers", type=int, default=4, help="the untrained copy (the former default: 4)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--shipped-dir", default=None, help="a shipped-format draft folder (default: the package's)")
+    ap.add_argument("--shipped-dir", type=Path, default=SHIPPED_DIR,
+                    help="a shipped-format draft folder (default: the package's)")
     ap.add_argument("--skip", default="", help="comma list of sections to skip: agree,passes,cost,e2e")
     ap.add_argument("--out", default=None, help="also write the tables to this markdown file")
     args = ap.parse_args()
@@ -199,7 +200,7 @@ def main() -> int:
 
     loaded = load_model("embedded", dtype="float32")
     target, tok = loaded.model, loaded.tokenizer
-    shipped = load_shipped_draft(target, Path(args.shipped_dir) if args.shipped_dir else SHIPPED_DIR)
+    shipped = load_shipped_draft(target, args.shipped_dir)
     truncated = truncated_copy(target, args.truncated_layers)
     drafts = {f"shipped distilled ({shipped.config.num_hidden_layers} layers)": shipped,
               f"truncated untrained ({args.truncated_layers} layers)": truncated}

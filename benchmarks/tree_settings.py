@@ -52,7 +52,8 @@ def main() -> int:
     ap.add_argument("--prompts", type=int, default=5, help="oasst prompts 0..N-1")
     ap.add_argument("--tokens", type=int, default=64, help="new tokens per prompt")
     ap.add_argument("--settings", nargs="+", default=["default"])
-    ap.add_argument("--shipped-dir", default=None, help="a shipped-format draft folder (default: the package's)")
+    ap.add_argument("--shipped-dir", type=Path, default=SHIPPED_DIR,
+                    help="a shipped-format draft folder (default: the package's)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None, help="also write the table to this markdown file")
     args = ap.parse_args()
@@ -60,7 +61,7 @@ def main() -> int:
     settings = [(s, parse_setting(s)) for s in args.settings]
     loaded = load_model("embedded", dtype="float32")
     target, tok = loaded.model, loaded.tokenizer
-    draft = load_shipped_draft(target, Path(args.shipped_dir) if args.shipped_dir else SHIPPED_DIR)
+    draft = load_shipped_draft(target, args.shipped_dir)
     engine = SpecExecEngine(target, tok, draft, draft_tokenizer=tok)
     prompts = oasst_prompts(args.prompts)
     rows, reference = [], {}
