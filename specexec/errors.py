@@ -19,3 +19,11 @@ class TokenizerMismatchError(SpecExecError):
 
 class PromptError(SpecExecError, ValueError):
     """A prompt is empty or does not fit in the model's context."""
+
+
+class UnsupportedModelError(ModelLoadError):
+    """A model loads but its architecture cannot be decoded exactly (ALiBi, state-space, ...)."""
+
+
+class EngineBusyError(SpecExecError, RuntimeError):
+    """A second generation was started on an engine while another one was still open."""

@@ -13,6 +13,7 @@ import time
 
 import torch
 
+from .attention import attention_layout
 from .kv_cache import SlotCache
 
 
@@ -22,6 +23,8 @@ class ModelRunner:
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         self.cache = SlotCache(capacity)
+        self.layout = attention_layout(model)
+        self._positions = torch.zeros(capacity, dtype=torch.long, device=self.device)  # position of each cache entry
         self.committed = 0  # entries of the cache that belong to the accepted sequence
         self.forward_seconds = 0.0
         self.forward_calls = 0
@@ -46,16 +49,21 @@ class ModelRunner:
         ``visible`` (n, cache_len + n) bool: which cached-then-new entries each new token attends to.
         Returns float logits (n, vocab). The n new entries are appended to the cache.
         """
-        n = input_ids.shape[0]
-        assert visible.shape == (n, self.cache_len + n), (visible.shape, n, self.cache_len)
-        mask = torch.zeros(visible.shape, dtype=self.dtype, device=self.device)
-        mask.masked_fill_(~visible.to(self.device), torch.finfo(self.dtype).min)
+        n, c = input_ids.shape[0], self.cache_len
+        assert visible.shape == (n, c + n), (visible.shape, n, c)
+        position_ids = position_ids.to(self.device)
+        if c + n > self._positions.numel():
+            grown = torch.zeros(2 * (c + n), dtype=torch.long, device=self.device)
+            grown[:c] = self._positions[:c]
+            self._positions = grown
+        self._positions[c : c + n] = position_ids
+        mask = self.layout.masks(visible.to(self.device), position_ids, self._positions[: c + n], self.dtype)
         self.synchronize()
         start = time.perf_counter()
         out = self.model(
             input_ids=input_ids.to(self.device)[None],
-            position_ids=position_ids.to(self.device)[None],
-            attention_mask=mask[None, None],  # (1, 1, n, cache_len + n)
+            position_ids=position_ids[None],
+            attention_mask=mask,  # (1, 1, n, cache_len + n), or one such mask per attention type
             cache=self.cache,
             use_cache=True,
         )
@@ -80,8 +88,11 @@ class ModelRunner:
 
     def commit(self, keep: torch.Tensor) -> None:
         """Keep provisional entries ``keep`` (absolute cache positions, ascending) after the committed ones."""
-        self.cache.commit(self.committed, keep.to(self.device))
-        self.committed += keep.numel()
+        keep = keep.to(self.device)
+        k = keep.numel()
+        self._positions[self.committed : self.committed + k] = self._positions[keep]
+        self.cache.commit(self.committed, keep)
+        self.committed += k
 
     def rollback(self) -> None:
         """Drop every provisional entry."""

@@ -18,19 +18,28 @@ transformers.logging.set_verbosity_error()
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = Path(os.environ.get("SPECEXEC_DATASETS", REPO.parent / "shared" / "datasets"))
 
-# family -> config class name and the keyword arguments of a tiny model
+# family -> config class name and the keyword arguments of a tiny model. Special attention
+# features are on: windows of 8 positions (much shorter than the tests' prompts plus
+# generations), mixed full / sliding layers where the family has them.
+WINDOW = 8
 TINY_FAMILIES = {
     "llama": ("LlamaConfig", {}),
-    "mistral": ("MistralConfig", {"sliding_window": None}),
-    "qwen2": ("Qwen2Config", {"use_sliding_window": False}),
-    "qwen3": ("Qwen3Config", {"use_sliding_window": False}),
-    "gemma": ("GemmaConfig", {"head_dim": 8}),
-    "gemma3_text": ("Gemma3TextConfig", {"head_dim": 8, "sliding_window": 4096}),
-    "phi3": ("Phi3Config", {}),
+    "mistral": ("MistralConfig", {"sliding_window": WINDOW}),
+    "qwen2": ("Qwen2Config", {"use_sliding_window": True, "sliding_window": WINDOW, "max_window_layers": 1}),
+    "qwen3": ("Qwen3Config", {"use_sliding_window": True, "sliding_window": WINDOW, "max_window_layers": 1}),
+    # untied heads: a tiny tied Gemma (embeddings scaled by sqrt(hidden)) just repeats its last token
+    "gemma": ("GemmaConfig", {"head_dim": 8, "tie_word_embeddings": False}),
+    "gemma2": ("Gemma2Config", {"head_dim": 8, "sliding_window": WINDOW, "tie_word_embeddings": False,
+                                "layer_types": ["sliding_attention", "full_attention"]}),
+    "gemma3_text": ("Gemma3TextConfig", {"head_dim": 8, "sliding_window": WINDOW, "tie_word_embeddings": False,
+                                         "layer_types": ["sliding_attention", "full_attention"]}),
+    "phi3": ("Phi3Config", {"sliding_window": WINDOW}),
     "gpt2": ("GPT2Config", {}),
     "gpt_neox": ("GPTNeoXConfig", {}),
     "opt": ("OPTConfig", {}),
 }
+# families whose transformers implementation refuses sdpa attention
+EAGER_FAMILIES = {"gemma2"}
 
 
 def tiny_config(family: str, vocab: int = 64, layers: int = 2, hidden: int = 32, max_positions: int = 512,
@@ -40,7 +49,7 @@ def tiny_config(family: str, vocab: int = 64, layers: int = 2, hidden: int = 32,
     common = dict(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
                   intermediate_size=2 * hidden, max_position_embeddings=max_positions,
                   bos_token_id=None, eos_token_id=None, pad_token_id=None)
-    if family in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma3_text", "phi3"):
+    if family in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3"):
         common["num_key_value_heads"] = 2
     if family == "gpt2":
         common = dict(vocab_size=vocab, n_embd=hidden, n_layer=layers, n_head=4, n_positions=max_positions,
@@ -50,13 +59,17 @@ def tiny_config(family: str, vocab: int = 64, layers: int = 2, hidden: int = 32,
         common.pop("intermediate_size")
     common.update(kwargs)
     common.update(extra)
+    if "layer_types" in common:  # the family's pattern, repeated over the layers
+        pattern = list(common["layer_types"])
+        common["layer_types"] = [pattern[i % len(pattern)] for i in range(common.get("num_hidden_layers", layers))]
     return cls(**common)
 
 
 def tiny_model(family: str = "llama", seed: int = 0, dtype=torch.float64, **kwargs):
     torch.manual_seed(seed)
     config = tiny_config(family, **kwargs)
-    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+    attn = "eager" if family in EAGER_FAMILIES else "sdpa"
+    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation=attn)
     return model.to(dtype).eval()
 
 
