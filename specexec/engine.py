@@ -18,6 +18,7 @@ from .config import GenerationConfig, SamplingConfig
 from .errors import ConfigError, PromptError
 from .growth import DraftExpander, grow_chains, grow_specexec
 from .models import check_same_vocabulary, context_limit, eos_token_ids, load_model, truncated_copy
+from .rope import length_switch
 from .runner import ModelRunner
 from .stats import GenerationStats
 from .tree import TokenTree
@@ -72,6 +73,7 @@ class SpecExecEngine:
         self.draft_runner = ModelRunner(self.draft) if self.draft is not None else None
         self.eos_ids = eos_token_ids(target, tokenizer)
         self.max_context = context_limit(target) or 1 << 30
+        self.length_switch = length_switch(target)
         self._tree: TokenTree | None = None
 
     @classmethod
@@ -170,6 +172,29 @@ class SpecExecEngine:
         return stream
 
     # ------------------------------------------------------------------ loop
+    def _score_tree(self, tree: TokenTree, seq: list[int]) -> tuple[torch.Tensor, int]:
+        """One target pass over the tree (and any accepted tokens its cache lacks).
+
+        Returns the logits at the tree's nodes and the number of accepted tokens ("tail")
+        that went in before them; both are appended to the target's cache.
+        """
+        target, device = self.target_runner, self.device
+        n, length, c = tree.size, len(seq), self.target_runner.committed
+        tail = seq[c : length - 1]
+        t = len(tail)
+        positions = (length - 1) + tree.depth[:n]
+        if t == 0:
+            visible = torch.cat([torch.ones(n, c, dtype=torch.bool, device=device), tree.ancestors[:n, :n]], dim=1)
+            return target.forward(tree.tokens[:n], positions, visible), 0
+        visible = torch.zeros(t + n, c + t + n, dtype=torch.bool, device=device)
+        visible[:, :c] = True
+        visible[:t, c : c + t] = torch.ones(t, t, dtype=torch.bool, device=device).tril()
+        visible[t:, c : c + t] = True
+        visible[t:, c + t :] = tree.ancestors[:n, :n]
+        tokens = torch.cat([torch.tensor(tail, device=device), tree.tokens[:n]])
+        positions = torch.cat([torch.arange(c, length - 1, device=device), positions])
+        return target.forward(tokens, positions, visible)[t:], t
+
     def _decode(self, prompt_ids: list[int], cfg: GenerationConfig, stats: GenerationStats) -> Iterator[list[int]]:
         device = self.device
         generator = torch.Generator(device=device)
@@ -193,10 +218,13 @@ class SpecExecEngine:
             self._tree = TokenTree(seq[-1], tree_capacity, device)
         tree = self._tree
 
+        switch = self.length_switch
+        cache_scheme = None  # rotary frequency set the target's cache was written with (length switches)
         t_start = time.perf_counter()
         if len(seq) > 1:
             target.forward_chain(torch.tensor(seq[:-1], device=device), 0)
             target.commit(torch.arange(0, len(seq) - 1, device=device))
+            cache_scheme = switch.scheme(len(seq) - 1) if switch else None
             if draft is not None:
                 draft.forward_chain(torch.tensor(seq[:-1], device=device), 0)
                 draft.commit(torch.arange(0, len(seq) - 1, device=device))
@@ -212,6 +240,8 @@ class SpecExecEngine:
                 stats.stop_reason = "context"
                 break
             max_depth = max(0, min(cfg.max_beam_len, remaining - 1, room - 1))
+            if switch and switch.depth_cap(length) is not None:
+                max_depth = min(max_depth, switch.depth_cap(length))
             tree.reset(seq[-1])
             q_at = None
             if draft is not None and max_depth > 0:
@@ -232,15 +262,17 @@ class SpecExecEngine:
             t_mid = time.perf_counter()
 
             n = tree.size
-            visible = torch.cat(
-                [torch.ones(n, target.committed, dtype=torch.bool, device=device), tree.ancestors[:n, :n]], dim=1
-            )
-            logits = target.forward(tree.tokens[:n], (length - 1) + tree.depth[:n], visible)
+            if switch:
+                if switch.reencode and cache_scheme not in (None, switch.scheme(length)):
+                    target.reset()  # generate re-encodes the prefix at the switch: this pass does too
+                cache_scheme = switch.scheme(length)
+            base = target.committed
+            logits, tail = self._score_tree(tree, seq)
             if q_at is None or sampling.greedy:
                 path, extra = accept_follow(tree, logits, sampling, generator)
             else:
                 path, extra = accept_rejection(tree, logits, q_at, sampling, generator)
-            target.commit(target.committed + path)
+            target.commit(torch.cat([torch.arange(base, base + tail, device=device), base + tail + path]))
             new = tree.tokens[path[1:]].tolist() + [extra]
             if draft is not None and max_depth > 0:
                 slots = tree.slot[path[1:]]
