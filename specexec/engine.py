@@ -7,15 +7,17 @@ token of ``seq`` is the root of the next tree.
 
 from __future__ import annotations
 
+import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterator
 
 import torch
 
 from .acceptance import accept_follow, accept_rejection
 from .config import GenerationConfig, SamplingConfig
-from .errors import ConfigError, PromptError
+from .detokenize import TextAssembler
+from .errors import ConfigError, EngineBusyError, PromptError
 from .growth import DraftExpander, grow_chains, grow_specexec
 from .models import check_same_vocabulary, context_limit, eos_token_ids, load_model, truncated_copy
 from .rope import length_switch
@@ -42,15 +44,46 @@ class StreamChunk:
     text: str  # the text they add (may be empty while a character is incomplete)
 
 
-@dataclass
 class GenerationStream:
-    """Iterate for :class:`StreamChunk`s; ``result`` is set once the iteration ends."""
+    """Iterate for :class:`StreamChunk`s (one per target pass); ``result`` is set once the iteration ends.
 
-    _chunks: Iterator[StreamChunk]
-    result: GenerationResult | None = field(default=None)
+    An open stream holds its engine: :meth:`close` it (or use it as a context manager) to
+    stop early and free the engine for another call.
+    """
+
+    def __init__(self, make_chunks, release):
+        self.result: GenerationResult | None = None
+        self._release = release
+        self._open = True
+        self._chunks = make_chunks(self)
 
     def __iter__(self):
-        return self._chunks
+        return self
+
+    def __next__(self) -> StreamChunk:
+        try:
+            return next(self._chunks)
+        except BaseException:
+            self._finish()
+            raise
+
+    def close(self) -> None:
+        self._chunks.close()
+        self._finish()
+
+    def _finish(self) -> None:
+        if self._open:
+            self._open = False
+            self._release()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        self._finish()
 
 
 class SpecExecEngine:
@@ -75,6 +108,7 @@ class SpecExecEngine:
         self.max_context = context_limit(target) or 1 << 30
         self.length_switch = length_switch(target)
         self._tree: TokenTree | None = None
+        self._busy = threading.Lock()  # one generation at a time: the caches hold one sequence
 
     @classmethod
     def from_pretrained(cls, target: str | None = "embedded", draft: str | None = None, *,
@@ -151,25 +185,24 @@ class SpecExecEngine:
                **overrides) -> GenerationStream:
         cfg = self._config(config, overrides)
         ids = self.encode(prompt, chat=chat)
-        stream = GenerationStream(iter(()))
+        if not self._busy.acquire(blocking=False):
+            raise EngineBusyError(
+                "this engine is already generating (a stream is open): finish or close() it first; "
+                "one engine decodes one sequence at a time")
 
-        def chunks():
+        def chunks(stream: GenerationStream):
             stats = GenerationStats(method=cfg.method)
-            generated: list[int] = []
-            shown = ""
+            text = TextAssembler(self.decode_text)
             for new in self._decode(ids, cfg, stats):
-                generated.extend(new)
-                text = self.decode_text(generated)
-                if text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for the rest
-                    yield StreamChunk(new, "")
-                    continue
-                delta = text[len(shown):] if text.startswith(shown) else text
-                shown = text
-                yield StreamChunk(new, delta)
-            stream.result = GenerationResult(self.decode_text(generated), generated, ids, stats)
+                last = bool(stats.stop_reason)
+                yield StreamChunk(new, text.finish(new) if last else text.add(new))
+            if stats.new_tokens == 0 or text.shown != self.decode_text(text.token_ids):
+                piece = text.finish()
+                if piece:
+                    yield StreamChunk([], piece)
+            stream.result = GenerationResult(self.decode_text(text.token_ids), text.token_ids, ids, stats)
 
-        stream._chunks = chunks()
-        return stream
+        return GenerationStream(chunks, self._busy.release)
 
     # ------------------------------------------------------------------ loop
     def _score_tree(self, tree: TokenTree, seq: list[int]) -> tuple[torch.Tensor, int]:
@@ -302,11 +335,21 @@ class SpecExecEngine:
             seq.extend(new)
             remaining -= len(new)
             stats.new_tokens += len(new)
+            if not stats.stop_reason and remaining == 0:
+                stats.stop_reason = "length"
+            elif not stats.stop_reason and len(seq) >= self.max_context:
+                stats.stop_reason = "context"
+            if stats.stop_reason:  # set before the last yield: the stream flushes its text there
+                self._finish_stats(stats, target, draft, fwd0)
             yield new
             if stats.stop_reason:
-                break
+                return
         if not stats.stop_reason:
             stats.stop_reason = "length"
+        self._finish_stats(stats, target, draft, fwd0)
+
+    @staticmethod
+    def _finish_stats(stats, target, draft, fwd0) -> None:
         stats.seconds = sum(stats.iteration_seconds)
         stats.target_forward_seconds = target.forward_seconds - fwd0[0]
         stats.draft_forward_seconds = (draft.forward_seconds - fwd0[1]) if draft else 0.0
