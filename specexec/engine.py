@@ -8,6 +8,7 @@ token of ``seq`` is the root of the next tree.
 from __future__ import annotations
 
 import threading
+import warnings
 import time
 from dataclasses import dataclass
 from typing import Iterator
@@ -19,7 +20,8 @@ from .config import GenerationConfig, SamplingConfig
 from .detokenize import TextAssembler
 from .errors import ConfigError, EngineBusyError, PromptError
 from .growth import DraftExpander, grow_chains, grow_specexec
-from .models import check_same_vocabulary, context_limit, eos_token_ids, load_model, truncated_copy
+from .models import check_same_vocabulary, context_limit, eos_difference, eos_token_ids, load_model, truncated_copy
+from .processors import apply_on_tree, build_processors, ignored_settings
 from .rope import length_switch
 from .runner import ModelRunner
 from .stats import GenerationStats
@@ -105,6 +107,13 @@ class SpecExecEngine:
         self.target_runner = ModelRunner(self.target)
         self.draft_runner = ModelRunner(self.draft) if self.draft is not None else None
         self.eos_ids = eos_token_ids(target, tokenizer)
+        # what of the checkpoint's generation_config is not applied, and why (also warned once here)
+        self.ignored_generation_settings = ignored_settings(getattr(target, "generation_config", None))
+        notes = list(self.ignored_generation_settings.values()) + [eos_difference(target, tokenizer)]
+        notes = [n for n in notes if n]
+        if notes:
+            warnings.warn("specexec: the target's generation_config differs from generate here: " + "; ".join(notes),
+                          stacklevel=2)
         self.max_context = context_limit(target) or 1 << 30
         self.length_switch = length_switch(target)
         self._tree: TokenTree | None = None
@@ -251,6 +260,7 @@ class SpecExecEngine:
             self._tree = TokenTree(seq[-1], tree_capacity, device)
         tree = self._tree
 
+        processors = build_processors(self.target, len(prompt_ids), cfg.max_new_tokens, self.eos_ids)
         switch = self.length_switch
         cache_scheme = None  # rotary frequency set the target's cache was written with (length switches)
         t_start = time.perf_counter()
@@ -301,6 +311,8 @@ class SpecExecEngine:
                 cache_scheme = switch.scheme(length)
             base = target.committed
             logits, tail = self._score_tree(tree, seq)
+            if processors is not None:
+                logits = apply_on_tree(processors, logits, tree, seq)
             if q_at is None or sampling.greedy:
                 path, extra = accept_follow(tree, logits, sampling, generator)
             else:

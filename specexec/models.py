@@ -249,15 +249,32 @@ def context_limit(model) -> int | None:
     return None
 
 
+def _ids(value) -> set[int]:
+    if isinstance(value, int):
+        return {value}
+    if isinstance(value, (list, tuple)):
+        return {int(v) for v in value}
+    return set()
+
+
 def eos_token_ids(model, tokenizer=None) -> set[int]:
-    ids: set[int] = set()
-    for source in (getattr(model, "generation_config", None), model.config, tokenizer):
-        value = getattr(source, "eos_token_id", None) if source is not None else None
-        if isinstance(value, int):
-            ids.add(value)
-        elif isinstance(value, (list, tuple)):
-            ids.update(int(v) for v in value)
-    return ids
+    """The ids ``generate`` stops at: the generation config's EOS ids, else the model config's.
+
+    The tokenizer's EOS token is not added (``generate`` does not add it either); see
+    :func:`eos_difference`.
+    """
+    ids = _ids(getattr(getattr(model, "generation_config", None), "eos_token_id", None))
+    return ids or _ids(getattr(model.config, "eos_token_id", None))
+
+
+def eos_difference(model, tokenizer=None) -> str | None:
+    """A sentence when the tokenizer's EOS token is not one ``generate`` stops at, else None."""
+    ids = eos_token_ids(model, tokenizer)
+    tok_eos = getattr(tokenizer, "eos_token_id", None) if tokenizer is not None else None
+    if isinstance(tok_eos, int) and tok_eos not in ids:
+        return (f"the tokenizer's EOS token (id {tok_eos}) is not among the model's generation EOS ids "
+                f"{sorted(ids)}: like transformers' generate, decoding does not stop at it")
+    return None
 
 
 def default_draft(name: str | None, target: LoadedModel, *, dtype="float32", device="cpu",
