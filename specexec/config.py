@@ -11,6 +11,14 @@ from dataclasses import dataclass, field, replace
 from .errors import ConfigError
 
 METHODS = ("specexec", "specinfer", "chain", "autoregressive")
+# A positive temperature below this is decoded greedily: logits / T would overflow to infinity
+# (and at such a temperature sampling is greedy anyway, up to exact ties).
+MIN_TEMPERATURE = 1e-30
+SEED_RANGE = (0, 2**64 - 1)  # what torch.Generator.manual_seed takes
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True)
@@ -22,16 +30,16 @@ class SamplingConfig:
     top_k: int = 0  # 0 = no top-k filter
 
     def __post_init__(self):
-        if not isinstance(self.temperature, (int, float)) or math.isnan(self.temperature) or self.temperature < 0:
-            raise ConfigError(f"temperature must be a number >= 0, got {self.temperature!r}")
-        if not isinstance(self.top_p, (int, float)) or not (0.0 < self.top_p <= 1.0):
+        if not _number(self.temperature) or self.temperature < 0:
+            raise ConfigError(f"temperature must be a finite number >= 0, got {self.temperature!r}")
+        if not _number(self.top_p) or not (0.0 < self.top_p <= 1.0):
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p!r}")
         if not isinstance(self.top_k, int) or isinstance(self.top_k, bool) or self.top_k < 0:
             raise ConfigError(f"top_k must be an integer >= 0 (0 disables it), got {self.top_k!r}")
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        return self.temperature < MIN_TEMPERATURE
 
 
 @dataclass(frozen=True)
@@ -67,14 +75,16 @@ class GenerationConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
         if self.min_log_prob is not None:
-            if not isinstance(self.min_log_prob, (int, float)) or math.isnan(self.min_log_prob) or self.min_log_prob > 0:
+            if (not isinstance(self.min_log_prob, (int, float)) or isinstance(self.min_log_prob, bool)
+                    or math.isnan(self.min_log_prob) or self.min_log_prob > 0):
                 raise ConfigError(f"min_log_prob must be a log-probability <= 0, got {self.min_log_prob!r}")
-        if not isinstance(self.decay, (int, float)) or not (0.0 < self.decay <= 1.0):
+        if not _number(self.decay) or not (0.0 < self.decay <= 1.0):
             raise ConfigError(f"decay must be in (0, 1], got {self.decay!r}")
-        if self.draft_temperature is not None and (
-            not isinstance(self.draft_temperature, (int, float)) or self.draft_temperature < 0
-        ):
-            raise ConfigError(f"draft_temperature must be >= 0, got {self.draft_temperature!r}")
+        if self.draft_temperature is not None and (not _number(self.draft_temperature) or self.draft_temperature < 0):
+            raise ConfigError(f"draft_temperature must be a finite number >= 0, got {self.draft_temperature!r}")
+        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)
+                                      or not SEED_RANGE[0] <= self.seed <= SEED_RANGE[1]):
+            raise ConfigError(f"seed must be an integer in [0, 2**64), or None for a random seed; got {self.seed!r}")
         if not isinstance(self.sampling, SamplingConfig):
             raise ConfigError("sampling must be a SamplingConfig")
 

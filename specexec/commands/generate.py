@@ -62,8 +62,13 @@ def config_from_args(args):
 def run(args) -> int:
     from ..engine import SpecExecEngine
 
-    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    from ..models import parse_device, parse_draft, parse_dtype
+
     cfg = config_from_args(args)  # validate before loading anything
+    parse_dtype(args.dtype)
+    parse_device(args.device)
+    parse_draft(args.draft)
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     if not prompt.strip():
         from ..errors import PromptError
 

@@ -1,0 +1,74 @@
+"""Which models the engine can drive exactly, and a one-line refusal for the rest.
+
+The engine scores a tree by handing the model a 4D attention mask, explicit positions and a
+key/value cache it edits. That needs attention over cached keys that follows the mask and
+positions given: not ALiBi biases derived from the 2D padding mask, not a recurrent state
+(Mamba, RWKV and hybrids), not an encoder-decoder. :func:`check_drivable` refuses those by
+their configuration, then runs a probe: a two-branch tree over a short cached prefix must give
+the logits of plain forward passes along each branch.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import UnsupportedModelError
+
+ALIBI = {"bloom", "mpt", "jais", "baichuan"}
+RECURRENT = {
+    "mamba", "mamba2", "falcon_mamba", "rwkv", "jamba", "zamba", "zamba2", "bamba", "falcon_h1", "nemotron_h",
+    "granitemoehybrid", "lfm2", "lfm2_moe", "xlstm", "recurrent_gemma", "qwen3_next", "minimax", "olmo_hybrid",
+}
+PROBE_TOLERANCE = {torch.float64: 1e-6, torch.float32: 1e-3, torch.bfloat16: 0.1, torch.float16: 0.05}
+
+
+def _refuse(name: str, why: str) -> UnsupportedModelError:
+    return UnsupportedModelError(f"{name} cannot be decoded exactly with tree attention: {why}")
+
+
+def check_config(model) -> None:
+    """Refuse architectures the engine cannot drive, by their configuration."""
+    config = model.config
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    name = getattr(text, "model_type", "") or type(model).__name__
+    if getattr(config, "is_encoder_decoder", False):
+        raise _refuse(name, "it is an encoder-decoder model (use a decoder-only causal LM)")
+    if name in RECURRENT or getattr(text, "ssm_state_size", None):
+        raise _refuse(name, "its layers keep a recurrent state, not a key/value cache a tree can branch")
+    if name in ALIBI or getattr(text, "alibi", False) or getattr(text, "position_embedding_type", "") == "alibi":
+        raise _refuse(name, "ALiBi position biases are derived from a padding mask, not from tree positions")
+
+
+@torch.no_grad()
+def probe(model) -> None:
+    """Refuse a model whose tree pass does not reproduce plain forward passes."""
+    from .runner import ModelRunner
+
+    name = getattr(model.config, "model_type", "") or type(model).__name__
+    device = next(model.parameters()).device
+    vocab = model.get_output_embeddings().weight.shape[0]
+    prefix = [i % vocab for i in (1, 2, 3)]
+    a, b = 4 % vocab, 5 % vocab
+    try:
+        runner = ModelRunner(model, capacity=8)
+        runner.forward_chain(torch.tensor(prefix[:2], device=device), 0)
+        runner.commit(torch.arange(2, device=device))
+        # tree: root (the last prefix token) with two children a and b
+        visible = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 0], [1, 1, 1, 0, 1]], dtype=torch.bool, device=device)
+        tree = runner.forward(torch.tensor([prefix[2], a, b], device=device), torch.tensor([2, 3, 3], device=device),
+                              visible).float()
+        plain_a = model(input_ids=torch.tensor([prefix + [a]], device=device)).logits[0].float()
+        plain_b = model(input_ids=torch.tensor([prefix + [b]], device=device)).logits[0].float()
+    except Exception as err:  # noqa: BLE001 - any failure here is the model refusing our inputs
+        first = (str(err).splitlines() or [type(err).__name__])[0][:200]
+        raise _refuse(name, f"its forward pass rejects a 4D tree mask with a cache ({type(err).__name__}: {first})")
+    tol = PROBE_TOLERANCE.get(runner.dtype, 0.05) * (1.0 + float(plain_a.abs().max()))
+    for got, want in ((tree[0], plain_a[2]), (tree[1], plain_a[3]), (tree[2], plain_b[3])):
+        diff = float((got - want).abs().max())
+        if not diff <= tol:
+            raise _refuse(name, f"a tree pass differs from plain passes along its branches (max diff {diff:.3g})")
+
+
+def check_drivable(model) -> None:
+    check_config(model)
+    probe(model)
