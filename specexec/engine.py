@@ -54,11 +54,15 @@ class GenerationStream:
     stop early and free the engine for another call.
     """
 
-    def __init__(self, make_chunks, release):
-        self.result: GenerationResult | None = None
+    def __init__(self, chunks: Iterator[StreamChunk], outcome: dict, release):
+        self._chunks = chunks
+        self._outcome = outcome  # filled by the chunk generator; no reference back to this object
         self._release = release
         self._open = True
-        self._chunks = make_chunks(self)
+
+    @property
+    def result(self) -> GenerationResult | None:
+        return self._outcome.get("result")
 
     def __iter__(self):
         return self
@@ -207,7 +211,9 @@ class SpecExecEngine:
                 "this engine is already generating (a stream is open): finish or close() it first; "
                 "one engine decodes one sequence at a time")
 
-        def chunks(stream: GenerationStream):
+        outcome: dict = {}
+
+        def chunks():
             stats = GenerationStats(method=cfg.method)
             text = TextAssembler(self.decode_text)
             for new in self._decode(ids, cfg, stats):
@@ -217,9 +223,9 @@ class SpecExecEngine:
                 piece = text.finish()
                 if piece:
                     yield StreamChunk([], piece)
-            stream.result = GenerationResult(self.decode_text(text.token_ids), text.token_ids, ids, stats)
+            outcome["result"] = GenerationResult(self.decode_text(text.token_ids), text.token_ids, ids, stats)
 
-        return GenerationStream(chunks, self._busy.release)
+        return GenerationStream(chunks(), outcome, self._busy.release)
 
     # ------------------------------------------------------------------ loop
     MAX_TREE_MASK_BYTES = 1 << 32  # the ancestor mask is capacity^2 booleans

@@ -100,6 +100,10 @@ def _pick_device(args) -> tuple[str, str]:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device: {device!r} asked for but no CUDA device is available")
+    from ..models import parse_device, parse_draft
+
+    parse_device(device)
+    parse_draft(args.model_0)
     dtype = args.dtype
     if dtype == "auto":
         dtype = "float16" if device.startswith("cuda") else "float32"
