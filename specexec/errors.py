@@ -19,3 +19,7 @@ class TokenizerMismatchError(SpecExecError):
 
 class PromptError(SpecExecError, ValueError):
     """A prompt is empty or does not fit in the model's context."""
+
+
+class OffloadError(SpecExecError):
+    """Offloading cannot work here (no CUDA, bad settings) or a streamed layer could not be read."""
