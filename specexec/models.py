@@ -178,9 +178,16 @@ def load_tokenizer(name: str | None):
 
 
 def load_model(name: str | None, dtype: str | torch.dtype | None = "float32", device: str = "cpu",
-               with_tokenizer: bool = True) -> LoadedModel:
-    """Load a causal LM (and its tokenizer) by hub id, local folder, .gguf file or 'embedded'."""
+               with_tokenizer: bool = True, offload: str | None = None, device_size: int = 2,
+               keep_layers: int = 0) -> LoadedModel:
+    """Load a causal LM (and its tokenizer) by hub id, local folder, .gguf file or 'embedded'.
+
+    ``offload="disk"`` / ``"cpu"`` streams the decoder layers (see :mod:`specexec.offload`) through
+    ``device_size`` buffers, the first ``keep_layers`` staying resident.
+    """
     _quiet_transformers()
+    if offload is not None:
+        return _load_offloaded(name, dtype, device, with_tokenizer, offload, device_size, keep_layers)
     from transformers import AutoModelForCausalLM
 
     where, kwargs = resolve(name)
@@ -195,6 +202,39 @@ def load_model(name: str | None, dtype: str | torch.dtype | None = "float32", de
     model = model.to(device).eval()
     tokenizer = load_tokenizer(name) if with_tokenizer else None
     return LoadedModel(model, tokenizer, EMBEDDED if name in EMBEDDED_ALIASES else str(name))
+
+
+def _load_offloaded(name, dtype, device, with_tokenizer, mode, device_size, keep_layers) -> LoadedModel:
+    from .offload import OffloadOptions, load_offloaded
+
+    options = OffloadOptions(mode, device_size, keep_layers)  # validated before any file is read
+    options.compute_device(device)
+    folder = offload_folder(name)
+    model = load_offloaded(folder, options, dtype=parse_dtype(dtype), device=device)
+    tokenizer = load_tokenizer(str(folder)) if with_tokenizer else None
+    return LoadedModel(model, tokenizer, EMBEDDED if name in EMBEDDED_ALIASES else str(name))
+
+
+def offload_folder(name: str | None) -> Path:
+    """The local folder whose safetensors files an offloaded model streams from."""
+    if name in EMBEDDED_ALIASES:
+        return embedded_target_dir()
+    where, kwargs = resolve(name)
+    if "gguf_file" in kwargs:
+        raise ModelLoadError(f"{name}: offloading streams safetensors checkpoints, not GGUF files; "
+                             "convert the model to a Hugging Face folder first")
+    if Path(where).is_dir():
+        return Path(where)
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(where, local_files_only=True))
+    except Exception as err:  # noqa: BLE001 - not in the cache (or not a hub id)
+        if name.startswith((".", "/", "~")):
+            raise ModelLoadError(f"model {name!r} not found: no such folder") from err
+        raise ModelLoadError(
+            f"model {name!r} is not in the local Hugging Face cache: offloading streams the weights from local "
+            f"files; download it first (`huggingface-cli download {name}`) or pass its folder") from err
 
 
 def truncated_copy(model: torch.nn.Module, n_layers: int = DEFAULT_DRAFT_LAYERS) -> torch.nn.Module:
@@ -215,7 +255,12 @@ def truncated_copy(model: torch.nn.Module, n_layers: int = DEFAULT_DRAFT_LAYERS)
 
     with no_init_weights():  # every weight is copied from the target below
         draft = AutoModelForCausalLM.from_config(config, dtype=next(model.parameters()).dtype)
-    source = model.state_dict()
+    if getattr(model, "specexec_offload", None) is not None:  # streamed layers: read them from disk
+        from .offload import resident_state_dict
+
+        source = resident_state_dict(model, n_layers)
+    else:
+        source = model.state_dict()
     own = draft.state_dict()
     missing = [k for k in own if k not in source or own[k].shape != source[k].shape]
     if missing:
@@ -260,31 +305,10 @@ def eos_token_ids(model, tokenizer=None) -> set[int]:
     return ids
 
 
-def default_draft(name: str | None, target: LoadedModel, *, dtype="float32", device="cpu",
-                  draft_layers: int | None = None):
-    """The draft for ``target``: (model, tokenizer), or (None, None) for 'none'.
+def __getattr__(name: str):
+    # ``from specexec.models import default_draft`` keeps working; it lives in specexec.drafts
+    if name == "default_draft":
+        from .drafts import default_draft
 
-    ``name`` may be a model name as for :func:`load_model`, ``self`` (the target drafts for
-    itself), ``truncated:K`` (the target's first K layers), ``none``, or None for the
-    default: the distilled draft shipped with the package for the embedded target, else
-    the target's first ``draft_layers`` (default 4) layers.
-    """
-    if name == "none":
-        return None, None
-    if name == "self":
-        return target.model, target.tokenizer
-    if name is None and target.name == EMBEDDED and draft_layers is None:
-        from .distill.shipped import load_shipped_draft, shipped_available
-
-        if shipped_available():
-            return load_shipped_draft(target.model), target.tokenizer
-    if name is None or (isinstance(name, str) and name.startswith("truncated")):
-        layers = draft_layers or DEFAULT_DRAFT_LAYERS
-        if isinstance(name, str) and ":" in name:
-            try:
-                layers = int(name.split(":", 1)[1])
-            except ValueError as err:
-                raise ModelLoadError(f"bad draft {name!r}: write truncated:K with K a number of layers") from err
-        return truncated_copy(target.model, layers), target.tokenizer
-    loaded = load_model(name, dtype=dtype, device=device)
-    return loaded.model, loaded.tokenizer
+        return default_draft
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -29,12 +29,32 @@ def load_offloaded(folder: str | Path, options: OffloadOptions, dtype: torch.dty
 
     The returned model carries its :class:`LayerStreamer` as ``model.specexec_offload``.
     """
-    from accelerate import init_empty_weights
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     if options.mode is None:
         raise OffloadError("load_offloaded needs an offload mode ('disk' or 'cpu')")
     compute = options.compute_device(device)
+    model, layers, plans = build_skeleton(folder, options.keep_layers, dtype, compute, attn_implementation)
+    if not plans:  # every layer kept resident
+        return model
+    slots = min(options.device_size, len(plans))
+    dtype = next(model.parameters()).dtype
+    if options.mode == "disk":
+        from .disk import DiskTransport
+
+        transport = DiskTransport(plans, slots, dtype, reader)
+    else:
+        from .ram import RamTransport
+
+        transport = RamTransport(plans, slots, dtype, compute, reader)
+    return attach(model, layers, plans, transport, options)
+
+
+def build_skeleton(folder: str | Path, keep_layers: int, dtype: torch.dtype | None, device: torch.device,
+                   attn_implementation: str | None = None):
+    """(model, its decoder layer list, plans of the streamed layers): everything outside the streamed
+    layers loaded on ``device``, the streamed layers' parameters on the meta device."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
     folder = Path(folder)
     index = read_index(folder)
     config = AutoConfig.from_pretrained(folder)
@@ -48,25 +68,18 @@ def load_offloaded(folder: str | Path, options: OffloadOptions, dtype: torch.dty
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, **kwargs)
     index = rename_index(model, index)
     layers_name, layers = find_decoder_layers(model)
-    keep = min(options.keep_layers, len(layers))
-    plans = plan_layers(model, index, layers_name, layers, first=keep)
+    plans = plan_layers(model, index, layers_name, layers, first=min(keep_layers, len(layers)))
     streamed = tuple(f"{layers_name}.{p.index}." for p in plans)
-    _load_resident(model, index, streamed, dtype, compute)
-    model.eval()
-    if not plans:  # every layer kept resident
-        return model
-    if options.mode == "disk":
-        from .disk import DiskTransport
+    _load_resident(model, index, streamed, dtype, device)
+    model.specexec_layers_name = layers_name
+    return model.eval(), layers, plans
 
-        transport = DiskTransport(plans, min(options.device_size, len(plans)), dtype, reader)
-    else:
-        from .ram import RamTransport
 
-        transport = RamTransport(plans, min(options.device_size, len(plans)), dtype, compute, reader)
+def attach(model, layers, plans: list[LayerPlan], transport, options: OffloadOptions | None = None):
+    """Stream ``plans``' layers of ``model`` through ``transport``; the transport stops with the model."""
     streamer = LayerStreamer(layers, plans, transport)
     streamer.options = options
-    streamer.folder = folder
-    streamer.layers_name = layers_name
+    streamer.layers_name = model.specexec_layers_name
     model.specexec_offload = streamer
     weakref.finalize(model, transport.close)
     return model
@@ -80,13 +93,18 @@ def _load_resident(model, index: dict[str, TensorEntry], streamed: tuple[str, ..
     done: dict[int, torch.nn.Parameter] = {}  # original (meta) parameter -> loaded one: keeps ties
     handles: dict[str, object] = {}
     missing = []
+    for key, entry in index.items():  # a truncated file: name the tensor cut, not just the file
+        if not key.startswith(streamed):
+            check_inside(entry, f"tensor {entry.name}")
 
     def read(key: str) -> torch.Tensor:
         entry = index[key]
-        check_inside(entry, f"tensor {entry.name}")
-        if entry.file not in handles:
-            handles[entry.file] = safe_open(entry.file, framework="pt")
-        return handles[entry.file].get_tensor(entry.name)
+        try:
+            if entry.file not in handles:
+                handles[entry.file] = safe_open(entry.file, framework="pt")
+            return handles[entry.file].get_tensor(entry.name)
+        except Exception as err:  # noqa: BLE001 - a damaged file: one clear line
+            raise OffloadError(f"cannot read tensor {entry.name} from {entry.file}: {err}") from err
 
     for mname, module in model.named_modules():
         if any((mname + ".").startswith(s) for s in streamed):

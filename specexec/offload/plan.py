@@ -5,7 +5,7 @@ merges their byte ranges into a few *extents*, aligned to 4096 bytes (what ``O_D
 each read in one call into one contiguous block per layer. A parameter's view in the block
 starts at ``block offset of its extent + (its file offset - the extent's aligned start)``: it
 keeps its file offset's alignment modulo 4096, like a tensor memory-mapped from the file.
-The *packed* layout (each tensor 64-byte aligned, in the compute dtype) serves the pinned-RAM
+The *packed* layout (each tensor 512-byte aligned, in the compute dtype) serves the pinned-RAM
 tier and dtype conversion.
 """
 
@@ -19,7 +19,7 @@ from ..errors import OffloadError
 from .layout import TensorEntry, check_inside
 
 ALIGN = 4096  # O_DIRECT alignment of file offsets, lengths and buffers
-PACK_ALIGN = 64
+PACK_ALIGN = 512  # like CUDA's allocator: a packed tensor is aligned as a freshly allocated one
 MERGE_GAP = 1 << 20  # read a gap of up to 1 MiB rather than issue another read
 
 

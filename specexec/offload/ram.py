@@ -14,7 +14,7 @@ from collections import deque
 
 import torch
 
-from .plan import LayerPlan
+from .plan import PACK_ALIGN, LayerPlan
 from .reader import LayerReader, aligned_empty
 
 
@@ -22,11 +22,11 @@ def host_block(nbytes: int, pin: bool) -> torch.Tensor:
     """A RAM block, pinned if asked and possible (else pageable, with a warning)."""
     if pin:
         try:
-            return aligned_empty(nbytes, 64, pin=True)
+            return aligned_empty(nbytes, PACK_ALIGN, pin=True)
         except RuntimeError as err:
             warnings.warn(f"pinned memory unavailable ({str(err).splitlines()[0][:120]}); offloaded layers use "
                           "pageable memory, which copies to the GPU more slowly", RuntimeWarning, stacklevel=2)
-    return aligned_empty(nbytes, 64)
+    return aligned_empty(nbytes, PACK_ALIGN)
 
 
 class RamTransport:
@@ -49,7 +49,8 @@ class RamTransport:
                 self.host[p.index] = block
         del raw
         size = max(b.numel() for b in self.host.values())
-        self.buffers = [torch.empty(size, dtype=torch.uint8, device=self.device) for _ in range(slots)]
+        self.buffers = [torch.empty(size, dtype=torch.uint8, device=self.device) if self.cuda
+                        else aligned_empty(size, PACK_ALIGN) for _ in range(slots)]
         self._params = {(s, p.index): {k: torch.nn.Parameter(v, requires_grad=False)
                                        for k, v in p.packed_views(self.buffers[s], dtype).items()}
                         for s in range(slots) for p in plans}
