@@ -355,7 +355,7 @@ def test_run_exp_offload_flag(tmp_path, capsys, monkeypatch):
     assert not any(tmp_path.iterdir())
 
 
-def test_cli_generates_with_the_target_streamed_from_disk(capsys, folders):
+def test_cli_generates_with_the_target_streamed_from_disk(capsys):
     """The embedded target streamed from disk through the command line, same text as resident."""
     from specexec.cli import main
 

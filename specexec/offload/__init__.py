@@ -18,7 +18,7 @@ rotation), :mod:`.disk` / :mod:`.ram` (the tiers' transports), :mod:`.streamer` 
 from .loading import load_offloaded, resident_state_dict
 from .options import MODES, NO_CUDA, OffloadOptions
 
-__all__ = ["MODES", "NO_CUDA", "OffloadOptions", "load_offloaded", "resident_state_dict"]
+__all__ = ["MODES", "NO_CUDA", "OffloadOptions", "is_offloaded", "load_offloaded", "resident_state_dict"]
 
 
 def is_offloaded(model) -> bool:

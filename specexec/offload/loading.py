@@ -107,10 +107,9 @@ def _load_resident(model, index: dict[str, TensorEntry], streamed: tuple[str, ..
             raise OffloadError(f"cannot read tensor {entry.name} from {entry.file}: {err}") from err
 
     for mname, module in model.named_modules():
-        if any((mname + ".").startswith(s) for s in streamed):
-            continue
+        in_streamed = (mname + ".").startswith(streamed)
         for pname, param in list(module._parameters.items()):
-            if param is None:
+            if param is None or in_streamed:  # streamed parameters stay meta; their buffers load below
                 continue
             full = f"{mname}.{pname}" if mname else pname
             if id(param) in done:
@@ -132,7 +131,7 @@ def _load_resident(model, index: dict[str, TensorEntry], streamed: tuple[str, ..
             key = checkpoint_name(full, index, prefix) if bname not in module._non_persistent_buffers_set else None
             value = read(key).to(buf.dtype) if key is not None else buf
             module._buffers[bname] = value.to(device)
-    if missing:
+    if missing or getattr(model.config, "tie_word_embeddings", False):
         model.tie_weights()
     left = [n for n, p in model.named_parameters(remove_duplicate=False)
             if p.device.type == "meta" and not any(n.startswith(s) for s in streamed)]
