@@ -3,8 +3,9 @@
 Part 1, one target pass over a tree of n tokens (on top of a 64-token prefix in the cache), for
 n in --sizes: the target in RAM, the target streamed from disk (``offload="disk"``), and the I/O
 bound: the bytes of the streamed layers over the disk's read bandwidth, measured in this run by
-the same reader with the page cache bypassed. A streamed pass cannot beat max(I/O bound, in-RAM
-pass); the last column is how far it stays from that.
+the same reader with the page cache bypassed, next to each row (the disk's speed varies). A
+streamed pass cannot beat max(I/O bound, in-RAM pass); the columns say how far it stays from
+that, and from max(the time its own reads took, in-RAM pass).
 
 Part 2, end to end: greedy decoding of oasst prompts (chat template), the target streamed from
 disk, the shipped draft resident: autoregressive, SpecExec at --budgets, SpecInfer; tokens/s and
@@ -55,8 +56,9 @@ def disk_bandwidth(plans, repeats: int = 3) -> tuple[float, bool]:
     return best, direct
 
 
-def pass_seconds(model, n: int, repeats: int, prefix: int = 64) -> float:
-    """Median seconds of one tree pass of ``n`` tokens (a random tree) after a ``prefix``-token prompt."""
+def pass_seconds(model, n: int, repeats: int, prefix: int = 64) -> tuple[float, float]:
+    """Median seconds of one tree pass of ``n`` tokens (a random tree) after a ``prefix``-token prompt, and
+    of the reads the disk reader spent in those passes (0 for a resident model)."""
     from specexec.runner import ModelRunner
 
     gen = torch.Generator().manual_seed(n)
@@ -73,14 +75,18 @@ def pass_seconds(model, n: int, repeats: int, prefix: int = 64) -> float:
             depth[i] = depth[p] + 1
     visible = torch.cat([torch.ones(n, prefix, dtype=torch.bool), anc], 1)
     tokens = torch.randint(0, 1000, (n,), generator=gen)
-    times = []
+    streamer = getattr(model, "specexec_offload", None)
+    reader = getattr(streamer.transport, "reader", None) if streamer is not None else None
+    times, reads = [], []
     for r in range(repeats + 1):
+        read0 = reader.seconds if reader is not None else 0.0
         start = time.perf_counter()
         runner.forward(tokens, prefix + depth, visible)
         if r:  # the first is a warm-up
             times.append(time.perf_counter() - start)
+            reads.append(reader.seconds - read0 if reader is not None else 0.0)
         runner.rollback()
-    return statistics.median(times)
+    return statistics.median(times), statistics.median(reads)
 
 
 def main() -> None:
@@ -115,19 +121,19 @@ def main() -> None:
         rows = []
         with torch.inference_mode():
             for n in [int(x) for x in args.sizes.split(",")]:
-                t_ram = pass_seconds(resident, n, args.repeats)
+                t_ram, _ = pass_seconds(resident, n, args.repeats)
                 bw_n, _ = disk_bandwidth(plans, repeats=2)  # the disk's speed varies: measured next to each row
-                t_disk = pass_seconds(streamed.model, n, args.repeats)
-                rows.append((n, t_ram, t_disk, layer_bytes / bw_n, bw_n))
-                print(f"  n={n}: in RAM {t_ram * 1e3:.0f} ms, streamed {t_disk * 1e3:.0f} ms, disk {bw_n / 1e9:.2f} GB/s",
-                      flush=True)
+                t_disk, t_read = pass_seconds(streamed.model, n, args.repeats)
+                rows.append((n, t_ram, t_disk, layer_bytes / bw_n, bw_n, t_read))
+                print(f"  n={n}: in RAM {t_ram * 1e3:.0f} ms, streamed {t_disk * 1e3:.0f} ms (its reads "
+                      f"{t_read * 1e3:.0f} ms), disk alone {bw_n / 1e9:.2f} GB/s", flush=True)
         del resident
-        print("\n| tree tokens | in-RAM pass (ms) | streamed from disk (ms) | disk read (GB/s) | I/O bound (ms) | "
-              "streamed / max(I/O bound, in-RAM) |")
-        print("|---:|---:|---:|---:|---:|---:|")
-        for n, t_ram, t_disk, bound, bw_n in rows:
+        print("\n| tree tokens | in-RAM pass (ms) | streamed from disk (ms) | disk alone (GB/s) | I/O bound (ms) | "
+              "streamed / max(I/O bound, in-RAM) | reads during the pass (ms) | streamed / max(those reads, in-RAM) |")
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for n, t_ram, t_disk, bound, bw_n, t_read in rows:
             print(f"| {n} | {t_ram * 1e3:.0f} | {t_disk * 1e3:.0f} | {bw_n / 1e9:.2f} | {bound * 1e3:.0f} | "
-                  f"{t_disk / max(bound, t_ram):.2f}x |")
+                  f"{t_disk / max(bound, t_ram):.2f}x | {t_read * 1e3:.0f} | {t_disk / max(t_read, t_ram):.2f}x |")
         print(flush=True)
 
     if args.skip_generation:
