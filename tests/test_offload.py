@@ -369,3 +369,78 @@ def test_cli_generates_with_the_target_streamed_from_disk(capsys):
 
     a, b = json.loads(resident), json.loads(streamed)
     assert a["token_ids"] == b["token_ids"] and len(a["token_ids"]) == 8
+
+
+def test_run_exp_with_the_target_streamed_from_disk(tmp_path):
+    """The experiment runner end to end with --offload disk: the same tokens as without."""
+    from experiments_tiny import save_tiny_models
+    from specexec.experiments.loop import main
+    from specexec.experiments.report import read_jsonl
+
+    draft, target = save_tiny_models(tmp_path / "models")
+    tokens = {}
+    for name, extra in (("resident", []), ("streamed", ["--offload", "disk", "--device_size", "1"])):
+        argv = ["--model_0", draft, "--model_1", target, "--save_dir", str(tmp_path), "--no_progress", "--no_plot",
+                "--max_new_tokens=6", "--temperature", "0", "--max_budget=8", "-b", "4", "-m", "4", "--n_tests=2",
+                "--baseline", f"--exp_name={name}", *extra]
+        assert main(argv, prog="run_exp.py") == 0
+        records = read_jsonl(tmp_path / name / "results.jsonl")
+        tokens[name] = [(r["config"], r["prompt_id"], r["token_ids"]) for r in records if r["msg_type"] == "test"]
+    assert tokens["streamed"] == tokens["resident"] and len(tokens["resident"]) == 4
+    assert "streamed from disk" in (tmp_path / "streamed" / "run.log").read_text()
+
+
+def test_cpu_tier_orders_copies_and_compute_by_events(folders, fresh, monkeypatch):
+    """The 'cpu' tier's CUDA protocol with streams and events replaced by recorders (copies run on the
+    CPU): each copy into a buffer waits for the event recorded when the buffer's previous layer had
+    run, each layer waits for the event recorded after its own copy, and nothing synchronises the host."""
+    import contextlib
+    from collections import defaultdict
+
+    log = []
+
+    class Event:
+        def record(self, stream):
+            log.append(("record", stream, self))
+
+    class Stream:
+        def __init__(self, name):
+            self.name = name
+
+        def wait_event(self, event):
+            log.append(("wait", self, event))
+
+    side, compute = Stream("side"), Stream("compute")
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: side)
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: compute)
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: pytest.fail("host synchronisation"))
+
+    model, layers, plans = build_skeleton(folders["llama"], 0, torch.float64, torch.device("cpu"))
+    transport = RamTransport(plans, 2, torch.float64, torch.device("cpu"), pin=False)
+    transport.cuda = True
+    transport.make_streams()
+    load, wait = transport.load, transport.wait
+    transport.load = lambda k, layer, slot: (log.append(("load", k, slot)), load(k, layer, slot))[1]
+    transport.wait = lambda k, layer, slot: (log.append(("compute", k, slot)), wait(k, layer, slot))[1]
+    attach(model, layers, plans, transport)
+    ids = torch.tensor([[1, 2, 3]])
+    with torch.no_grad():
+        for _ in range(3):
+            assert torch.equal(model(ids).logits, fresh["llama"](ids).logits)
+    records = defaultdict(int)
+    current, checked = None, 0
+    for kind, a, b in log:
+        if kind in ("load", "compute"):
+            current = (kind, a, b)
+        elif kind == "record":
+            records[id(b)] += 1
+        else:  # a stream waits for an event
+            what, k, slot = current
+            if what == "load":
+                assert a is side and b is transport.free[slot] and records[id(b)] == k // 2, (k, slot)
+            else:
+                assert a is compute and b is transport.ready[slot] and records[id(b)] == k // 2 + 1, (k, slot)
+            checked += 1
+    assert checked == 3 * LAYERS + (3 * LAYERS + 2)  # every layer run and every copy (2 prefetched) waited

@@ -56,9 +56,13 @@ class RamTransport:
                         for s in range(slots) for p in plans}
         self.reads: deque[tuple[int, int, int]] = deque(maxlen=1 << 14)
         if self.cuda:
-            self.stream = torch.cuda.Stream(self.device)
-            self.ready = [torch.cuda.Event() for _ in range(slots)]
-            self.free = [torch.cuda.Event() for _ in range(slots)]
+            self.make_streams()
+
+    def make_streams(self) -> None:
+        """The side stream, and per buffer the events 'copy done' (ready) and 'compute done' (free)."""
+        self.stream = torch.cuda.Stream(self.device)
+        self.ready = [torch.cuda.Event() for _ in range(self.slots)]
+        self.free = [torch.cuda.Event() for _ in range(self.slots)]
 
     def load(self, k: int, layer: int, slot: int) -> None:
         src = self.host[layer]
