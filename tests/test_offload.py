@@ -444,3 +444,27 @@ def test_cpu_tier_orders_copies_and_compute_by_events(folders, fresh, monkeypatc
                 assert a is compute and b is transport.ready[slot] and records[id(b)] == k // 2 + 1, (k, slot)
             checked += 1
     assert checked == 3 * LAYERS + (3 * LAYERS + 2)  # every layer run and every copy (2 prefetched) waited
+
+
+def test_pinned_memory_failure_falls_back_to_pageable_memory(folders, fresh, monkeypatch):
+    import warnings
+
+    import specexec.offload.ram as ram
+
+    real = ram.aligned_empty
+
+    def no_pinning(nbytes, align=4096, pin=False):  # as on a machine without CUDA (or out of pinnable memory)
+        if pin:
+            raise RuntimeError("pin_memory=True requires a CUDA or other accelerator backend")
+        return real(nbytes, align)
+
+    monkeypatch.setattr(ram, "aligned_empty", no_pinning)
+    model, layers, plans = build_skeleton(folders["gemma"], 1, torch.float64, torch.device("cpu"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        transport = RamTransport(plans, 2, torch.float64, torch.device("cpu"), pin=True)
+    assert any("pinned memory unavailable" in str(w.message) for w in caught)
+    assert not any(b.is_pinned() for b in transport.host.values())
+    attach(model, layers, plans, transport)
+    with torch.no_grad():
+        assert torch.equal(model(torch.tensor([[2, 3]])).logits, fresh["gemma"](torch.tensor([[2, 3]])).logits)
