@@ -115,6 +115,18 @@ def test_streamed_logits_equal_resident_logits(family, folders, residents, fresh
         assert torch.equal(got_prefix, want_prefix) and torch.equal(got_tree, want_tree), (family, make.__name__)
 
 
+def test_generation_config_is_read_like_transformers_does(folders, tmp_path):
+    from transformers import GenerationConfig
+
+    folder = tmp_path / "g"
+    shutil.copytree(folders["llama"], folder)
+    GenerationConfig(eos_token_id=[5, 7], max_length=99).save_pretrained(folder)
+    ref = load_model(str(folder), dtype="float64", with_tokenizer=False).model
+    model = disk(folder)
+    assert model.generation_config.eos_token_id == ref.generation_config.eos_token_id == [5, 7]
+    assert model.generation_config.max_length == 99
+
+
 def test_checkpoint_dtype_is_converted_like_transformers_does(folders):
     ref = load_model(str(folders["llama"]), dtype="float32", with_tokenizer=False).model  # converted: fresh memory
     with torch.no_grad():

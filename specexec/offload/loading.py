@@ -66,6 +66,10 @@ def build_skeleton(folder: str | Path, keep_layers: int, dtype: torch.dtype | No
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     with init_empty_weights(include_buffers=False):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, **kwargs)
+    if (folder / "generation_config.json").exists():  # EOS ids and defaults, as from_pretrained reads them
+        from transformers import GenerationConfig
+
+        model.generation_config = GenerationConfig.from_pretrained(folder)
     index = rename_index(model, index)
     layers_name, layers = find_decoder_layers(model)
     plans = plan_layers(model, index, layers_name, layers, first=min(keep_layers, len(layers)))
