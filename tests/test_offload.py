@@ -236,10 +236,10 @@ def test_embedded_target_streamed_from_disk_is_greedy_exact(embedded):
     engine = SpecExecEngine(loaded.model, loaded.tokenizer, draft, draft_tokenizer=loaded.tokenizer)
     prompt = strip_llama2_template(load_prompts("oasst")[0][1])
     ids = engine.encode(prompt, chat=True)
-    want = greedy_reference(resident, ids, 24, eos_ids=engine.eos_ids)
-    for method, settings in (("specexec", dict(max_budget=64)), ("specinfer", dict(max_n_beams=4, max_beam_len=4)),
+    want = greedy_reference(resident, ids, 16, eos_ids=engine.eos_ids)
+    for method, settings in (("specexec", dict(max_budget=32)), ("specinfer", dict(max_n_beams=4, max_beam_len=4)),
                              ("chain", dict(max_beam_len=4)), ("autoregressive", {})):
-        got = engine.generate(prompt, chat=True, method=method, max_new_tokens=24, temperature=0.0, **settings)
+        got = engine.generate(prompt, chat=True, method=method, max_new_tokens=16, temperature=0.0, **settings)
         assert_greedy_equal(resident, ids, got.token_ids, want, f"embedded {method}")
 
 
