@@ -399,7 +399,8 @@ def test_run_exp_with_the_target_streamed_from_disk(tmp_path):
         records = read_jsonl(tmp_path / name / "results.jsonl")
         tokens[name] = [(r["config"], r["prompt_id"], r["token_ids"]) for r in records if r["msg_type"] == "test"]
     assert tokens["streamed"] == tokens["resident"] and len(tokens["resident"]) == 4
-    assert "streamed from disk" in (tmp_path / "streamed" / "run.log").read_text()
+    log = (tmp_path / "streamed" / "run.log").read_text()
+    assert "decoder layers streamed from disk" in log and "2 layers streamed from disk through 1 buffers" in log
 
 
 def test_cpu_tier_orders_copies_and_compute_by_events(folders, fresh, monkeypatch):

@@ -149,7 +149,12 @@ def describe(model) -> str:
     cfg = model.config
     n = sum(p.numel() for p in model.parameters())
     layers = getattr(cfg, "num_hidden_layers", "?")
-    return f"{cfg.model_type}, {layers} layers, {n / 1e6:.1f}M parameters"
+    streamer = getattr(model, "specexec_offload", None)
+    streamed = "" if streamer is None else (
+        f", {len(streamer.plans)} layers streamed from "
+        f"{'disk' if getattr(streamer.options, 'mode', None) == 'disk' else 'CPU RAM'} "
+        f"through {streamer.slots} buffers")
+    return f"{cfg.model_type}, {layers} layers, {n / 1e6:.1f}M parameters{streamed}"
 
 
 def _run(args, configs, dataset, prompts, device, dtype, out) -> int:
