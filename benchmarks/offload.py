@@ -97,6 +97,9 @@ def main() -> None:
     ap.add_argument("--sizes", default="1,16,64,256,1024", help="tree sizes of part 1")
     ap.add_argument("--repeats", type=int, default=3, help="timed passes per size in part 1")
     ap.add_argument("--device-size", type=int, default=2)
+    ap.add_argument("--max-n-beams", type=int, default=16, help="SpecExec: nodes expanded per draft pass")
+    ap.add_argument("--max-beam-len", type=int, default=16, help="SpecExec: depth cap (draft passes per tree)")
+    ap.add_argument("--max-branch-width", type=int, default=16, help="SpecExec: children per expanded node")
     ap.add_argument("--skip-passes", action="store_true", help="skip part 1")
     ap.add_argument("--skip-generation", action="store_true", help="skip part 2")
     args = ap.parse_args()
@@ -169,8 +172,8 @@ def main() -> None:
 
     run("autoregressive", method="autoregressive")
     for b in [int(x) for x in args.budgets.split(",")]:
-        run(f"SpecExec budget {b}", method="specexec", max_budget=b, max_n_beams=16, max_branch_width=16,
-            max_beam_len=16)
+        run(f"SpecExec budget {b}", method="specexec", max_budget=b, max_n_beams=args.max_n_beams,
+            max_branch_width=args.max_branch_width, max_beam_len=args.max_beam_len)
     run("SpecInfer 8 x 8", method="specinfer", max_n_beams=8, max_beam_len=8)
     base = rows[0][1]
     print("\n| method (target streamed from disk) | tokens/s | vs autoregressive | tokens per target pass | "
