@@ -2,12 +2,12 @@
 
 from .config import METHODS, GenerationConfig, SamplingConfig
 from .engine import GenerationResult, GenerationStream, SpecExecEngine, StreamChunk
-from .errors import ConfigError, ModelLoadError, PromptError, SpecExecError, TokenizerMismatchError
+from .errors import ConfigError, ModelLoadError, OffloadError, PromptError, SpecExecError, TokenizerMismatchError
 from .stats import GenerationStats
 
 __all__ = [
     "METHODS", "GenerationConfig", "SamplingConfig", "SpecExecEngine", "GenerationResult", "GenerationStream",
-    "StreamChunk", "GenerationStats", "SpecExecError", "ConfigError", "ModelLoadError", "PromptError",
+    "StreamChunk", "GenerationStats", "SpecExecError", "ConfigError", "ModelLoadError", "OffloadError", "PromptError",
     "TokenizerMismatchError", "load",
 ]
 __version__ = "0.1.0"

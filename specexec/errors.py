@@ -27,3 +27,7 @@ class UnsupportedModelError(ModelLoadError):
 
 class EngineBusyError(SpecExecError, RuntimeError):
     """A second generation was started on an engine while another one was still open."""
+
+
+class OffloadError(SpecExecError):
+    """Offloading cannot work here (no CUDA, bad settings) or a streamed layer could not be read."""

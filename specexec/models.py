@@ -146,8 +146,12 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     _quiet_transformers()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    except Exception as err:  # noqa: BLE001 - a broken or unsupported file is the user's input
+        first = (str(err).splitlines() or [""])[0][:200]
+        raise ModelLoadError(f"cannot convert the GGUF file {gguf}: {type(err).__name__}: {first}") from None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.hf_quantizer = None
@@ -243,9 +247,16 @@ def load_tokenizer(name: str | None):
 
 
 def load_model(name: str | None, dtype: str | torch.dtype | None = "float32", device: str = "cpu",
-               with_tokenizer: bool = True) -> LoadedModel:
-    """Load a causal LM (and its tokenizer) by hub id, local folder, .gguf file or 'embedded'."""
+               with_tokenizer: bool = True, offload: str | None = None, device_size: int = 2,
+               keep_layers: int = 0) -> LoadedModel:
+    """Load a causal LM (and its tokenizer) by hub id, local folder, .gguf file or 'embedded'.
+
+    ``offload="disk"`` / ``"cpu"`` streams the decoder layers (see :mod:`specexec.offload`) through
+    ``device_size`` buffers, the first ``keep_layers`` staying resident.
+    """
     _quiet_transformers()
+    if offload is not None:
+        return _load_offloaded(name, dtype, device, with_tokenizer, offload, device_size, keep_layers)
     from transformers import AutoModelForCausalLM
 
     where, kwargs = resolve(name)
@@ -259,6 +270,36 @@ def load_model(name: str | None, dtype: str | torch.dtype | None = "float32", de
     model = model.to(device).eval()
     tokenizer = load_tokenizer(name) if with_tokenizer else None
     return LoadedModel(model, tokenizer, EMBEDDED if name in EMBEDDED_ALIASES else str(name))
+
+
+def _load_offloaded(name, dtype, device, with_tokenizer, mode, device_size, keep_layers) -> LoadedModel:
+    from .offload import OffloadOptions, load_offloaded
+
+    options = OffloadOptions(mode, device_size, keep_layers)  # validated before any file is read
+    options.compute_device(device)
+    folder = offload_folder(name)
+    model = load_offloaded(folder, options, dtype=parse_dtype(dtype), device=device)
+    tokenizer = load_tokenizer(str(folder)) if with_tokenizer else None
+    return LoadedModel(model, tokenizer, EMBEDDED if name in EMBEDDED_ALIASES else str(name))
+
+
+def offload_folder(name: str | None) -> Path:
+    """The local folder whose safetensors files an offloaded model streams from."""
+    if name in EMBEDDED_ALIASES:
+        return embedded_target_dir()
+    where, kwargs = resolve(name)
+    if Path(where).is_dir():
+        return Path(where)
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(where, local_files_only=True))
+    except Exception as err:  # noqa: BLE001 - not in the cache (or not a hub id)
+        if name.startswith((".", "/", "~")):
+            raise ModelLoadError(f"model {name!r} not found: no such folder") from err
+        raise ModelLoadError(
+            f"model {name!r} is not in the local Hugging Face cache: offloading streams the weights from local "
+            f"files; download it first (`huggingface-cli download {name}`) or pass its folder") from err
 
 
 def truncated_copy(model: torch.nn.Module, n_layers: int = DEFAULT_DRAFT_LAYERS) -> torch.nn.Module:
@@ -279,7 +320,12 @@ def truncated_copy(model: torch.nn.Module, n_layers: int = DEFAULT_DRAFT_LAYERS)
 
     with no_init_weights():  # every weight is copied from the target below
         draft = AutoModelForCausalLM.from_config(config, dtype=next(model.parameters()).dtype)
-    source = model.state_dict()
+    if getattr(model, "specexec_offload", None) is not None:  # streamed layers: read them from disk
+        from .offload import resident_state_dict
+
+        source = resident_state_dict(model, n_layers)
+    else:
+        source = model.state_dict()
     own = draft.state_dict()
     missing = [k for k in own if k not in source or own[k].shape != source[k].shape]
     if missing:
@@ -341,31 +387,10 @@ def eos_difference(model, tokenizer=None) -> str | None:
     return None
 
 
-def default_draft(name: str | None, target: LoadedModel, *, dtype="float32", device="cpu",
-                  draft_layers: int | None = None):
-    """The draft for ``target``: (model, tokenizer), or (None, None) for 'none'.
+def __getattr__(name: str):
+    # ``from specexec.models import default_draft`` keeps working; it lives in specexec.drafts
+    if name == "default_draft":
+        from .drafts import default_draft
 
-    ``name`` may be a model name as for :func:`load_model`, ``self`` (the target drafts for
-    itself), ``truncated:K`` (the target's first K layers), ``none``, or None for the
-    default: the distilled draft shipped with the package for the embedded target, else
-    the target's first ``draft_layers`` (default 4) layers.
-    """
-    kind, layers_asked = parse_draft(name)
-    if kind == "none":
-        return None, None
-    if kind == "self":
-        return target.model, target.tokenizer
-    if kind == "truncated" and layers_asked is not None:
-        total = target.model.config.get_text_config().num_hidden_layers
-        if layers_asked > total:
-            raise ModelLoadError(f"bad draft {name!r}: the target has only {total} layers")
-        return truncated_copy(target.model, layers_asked), target.tokenizer
-    if name is None and target.name == EMBEDDED and draft_layers is None:
-        from .distill.shipped import load_shipped_draft, shipped_available
-
-        if shipped_available():
-            return load_shipped_draft(target.model), target.tokenizer
-    if kind in ("default", "truncated"):
-        return truncated_copy(target.model, draft_layers or DEFAULT_DRAFT_LAYERS), target.tokenizer
-    loaded = load_model(name, dtype=dtype, device=device)
-    return loaded.model, loaded.tokenizer
+        return default_draft
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -19,6 +19,15 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
 
 
+def add_offload_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--offload", default=None, choices=("cpu", "disk"),
+                   help="stream the target's decoder layers each pass: 'cpu' = from pinned CPU RAM to a CUDA GPU; "
+                        "'disk' = from the safetensors files, computed on the CPU (docs/offload.md)")
+    p.add_argument("--device-size", type=int, default=2, help="layer buffers in rotation when offloading (default 2)")
+    p.add_argument("--keep-layers", type=int, default=0,
+                   help="when offloading: the first K decoder layers stay resident (default 0)")
+
+
 def add_decoding_arguments(p: argparse.ArgumentParser) -> None:
     from ..config import METHODS
 
@@ -41,6 +50,7 @@ def add_decoding_arguments(p: argparse.ArgumentParser) -> None:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", required=True, help="the prompt text ('-' reads standard input)")
     add_model_arguments(p)
+    add_offload_arguments(p)
     add_decoding_arguments(p)
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the target's chat template")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
@@ -61,11 +71,14 @@ def config_from_args(args):
 
 def run(args) -> int:
     from ..engine import SpecExecEngine
-
     from ..models import parse_device, parse_draft, parse_dtype
 
     cfg = config_from_args(args)  # validate before loading anything
     parse_dtype(args.dtype)
+    if args.offload:  # offload settings first: they say which device the target computes on
+        from ..offload import OffloadOptions
+
+        OffloadOptions(args.offload, args.device_size, args.keep_layers).compute_device(args.device)
     parse_device(args.device)
     parse_draft(args.draft)
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
@@ -74,7 +87,9 @@ def run(args) -> int:
 
         raise PromptError("the prompt is empty")
     draft = "none" if cfg.method == "autoregressive" and args.draft is None else args.draft
-    engine = SpecExecEngine.from_pretrained(args.target, draft, dtype=args.dtype, device=args.device, config=cfg)
+    engine = SpecExecEngine.from_pretrained(args.target, draft, dtype=args.dtype, device=args.device, config=cfg,
+                                            offload=args.offload, device_size=args.device_size,
+                                            keep_layers=args.keep_layers)
     stream = engine.stream(prompt, chat=args.chat)
     pieces: list[str] = []
     try:

@@ -64,8 +64,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     _flag(m, "--dtype", default="auto", help="auto (float16 on CUDA, float32 on CPU), float32, bfloat16, float16")
     _flag(m, "--device", default=None, help="cuda if available, else cpu")
     _flag(m, "--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
-    _flag(m, "-o", "--offload", action="store_true", help="offload the target's layers to CPU RAM (needs CUDA)")
-    _flag(m, "--device_size", type=int, default=2, help="GPU layer buffers when offloading (default 2)")
+    _flag(m, "-o", "--offload", nargs="?", const="cpu", default=None, choices=("cpu", "disk"),
+          help="stream the target's decoder layers: bare or 'cpu' = from pinned CPU RAM to a CUDA GPU (the "
+               "paper's setting); 'disk' = from the safetensors files, computed on the CPU (docs/offload.md)")
+    _flag(m, "--device_size", type=int, default=2, help="layer buffers in rotation when offloading (default 2)")
+    _flag(m, "--keep_layers", type=int, default=0,
+          help="when offloading: the first K decoder layers stay resident (default 0)")
     d = p.add_argument_group("decoding (comma lists sweep: --max_budget='16, 32, 64')")
     _flag(d, "-g", "--gen_type", default=None,
           help="SpecExecBase (default), SI (SpecInfer), chain, or autoregressive")

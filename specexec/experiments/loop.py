@@ -80,10 +80,9 @@ def _hardware(device: str) -> str:
 def _check_models(args, device: str) -> None:
     """Refuse at once what cannot run here (before the prompt set or any model loads)."""
     if args.offload:
-        raise ConfigError(
-            "-o/--offload: offloading the target's layers to CPU RAM needs a CUDA GPU and is not available "
-            "in this version of specexec yet; run without --offload (the target is then loaded whole on "
-            f"{device})")
+        from ..offload import OffloadOptions
+
+        OffloadOptions(args.offload, args.device_size, args.keep_layers).compute_device(device)
     for flag, name in (("--model_0", args.model_0), ("--model_1", args.model_1)):
         if name and "gptq" in str(name).lower() and not device.startswith("cuda"):
             raise ConfigError(f"{flag}: {name!r} is a GPTQ-quantised model; those run only on a CUDA GPU "
@@ -97,7 +96,7 @@ def _pick_device(args) -> tuple[str, str]:
         if args.threads < 1:
             raise ConfigError(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = args.device or ("cuda" if torch.cuda.is_available() and args.offload != "disk" else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device: {device!r} asked for but no CUDA device is available")
     from ..models import parse_device, parse_draft
@@ -136,10 +135,13 @@ def _load_engine(args, configs, device, dtype):
     only_baseline = all(c.method == "autoregressive" for c in configs)
     target = args.model_1 or "embedded"
     draft = "none" if only_baseline else args.model_0
+    streamed = (f", decoder layers streamed from {'disk' if args.offload == 'disk' else 'CPU RAM'} through "
+                f"{args.device_size} buffers" if args.offload else "")
     log.info(f"loading target {target} and draft {draft or '(default draft of the target)'} "
-             f"on {device} in {dtype}")
+             f"on {device} in {dtype}{streamed}")
     t = time.perf_counter()
-    engine = SpecExecEngine.from_pretrained(target, draft, dtype=dtype, device=device)
+    engine = SpecExecEngine.from_pretrained(target, draft, dtype=dtype, device=device, offload=args.offload,
+                                            device_size=args.device_size, keep_layers=args.keep_layers)
     log.info(f"models loaded in {time.perf_counter() - t:.1f} s")
     return engine
 
@@ -151,7 +153,12 @@ def describe(model) -> str:
     cfg = model.config
     n = sum(p.numel() for p in model.parameters())
     layers = getattr(cfg, "num_hidden_layers", "?")
-    return f"{cfg.model_type}, {layers} layers, {n / 1e6:.1f}M parameters"
+    streamer = getattr(model, "specexec_offload", None)
+    streamed = "" if streamer is None else (
+        f", {len(streamer.plans)} layers streamed from "
+        f"{'disk' if getattr(streamer.options, 'mode', None) == 'disk' else 'CPU RAM'} "
+        f"through {streamer.slots} buffers")
+    return f"{cfg.model_type}, {layers} layers, {n / 1e6:.1f}M parameters{streamed}"
 
 
 def _run(args, configs, dataset, prompts, device, dtype, out) -> int:

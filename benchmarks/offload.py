@@ -1,0 +1,187 @@
+"""Offloading benchmark: the embedded target with its decoder layers streamed from disk.
+
+Part 1, one target pass over a tree of n tokens (on top of a 64-token prefix in the cache), for
+n in --sizes: the target in RAM, the target streamed from disk (``offload="disk"``), and the I/O
+bound: the bytes of the streamed layers over the disk's read bandwidth, measured in this run by
+the same reader with the page cache bypassed, next to each row (the disk's speed varies). A
+streamed pass cannot beat max(I/O bound, in-RAM pass); the columns say how far it stays from
+that, and from max(the time its own reads took, in-RAM pass).
+
+Part 2, end to end: greedy decoding of oasst prompts (chat template), the target streamed from
+disk, the shipped draft resident: autoregressive, SpecExec at --budgets, SpecInfer; tokens/s and
+tokens per target pass side by side (warm-up excluded, one process, same prompts). Every row's
+tokens are checked against the autoregressive row's.
+
+    python benchmarks/offload.py [--prompts 3] [--max-new-tokens 128] [--budgets 16,64,256,1024]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+
+import torch
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+        with open("/proc/meminfo", encoding="utf-8") as f:
+            mem = int(next(line.split()[1] for line in f if line.startswith("MemTotal"))) / 2**20
+    except (OSError, StopIteration):
+        mem = float("nan")
+    return (f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, torch {torch.__version__} "
+            f"({torch.get_num_threads()} threads)")
+
+
+def disk_bandwidth(plans, repeats: int = 3) -> tuple[float, bool]:
+    """Bytes per second reading every streamed layer once, past the page cache (best of ``repeats``)."""
+    from specexec.offload.reader import LayerReader, aligned_empty
+
+    reader = LayerReader()
+    block = aligned_empty(max(p.raw_nbytes for p in plans))
+    best = 0.0
+    for _ in range(repeats):
+        start_bytes, start = reader.bytes_read, time.perf_counter()
+        for p in plans:
+            reader.read(p, block)
+        best = max(best, (reader.bytes_read - start_bytes) / (time.perf_counter() - start))
+    direct = reader.uses_direct_io
+    reader.close()
+    return best, direct
+
+
+def pass_seconds(model, n: int, repeats: int, prefix: int = 64) -> tuple[float, float]:
+    """Median seconds of one tree pass of ``n`` tokens (a random tree) after a ``prefix``-token prompt, and
+    of the reads the disk reader spent in those passes (0 for a resident model)."""
+    from specexec.runner import ModelRunner
+
+    gen = torch.Generator().manual_seed(n)
+    runner = ModelRunner(model, capacity=prefix + n + 8)
+    runner.forward_chain(torch.randint(0, 1000, (prefix,), generator=gen), 0)
+    runner.commit(torch.arange(prefix))
+    parents = [-1] + [int(torch.randint(0, i, (), generator=gen)) for i in range(1, n)]
+    anc = torch.zeros(n, n, dtype=torch.bool)
+    depth = torch.zeros(n, dtype=torch.long)
+    for i, p in enumerate(parents):
+        anc[i, i] = True
+        if p >= 0:
+            anc[i] |= anc[p]
+            depth[i] = depth[p] + 1
+    visible = torch.cat([torch.ones(n, prefix, dtype=torch.bool), anc], 1)
+    tokens = torch.randint(0, 1000, (n,), generator=gen)
+    streamer = getattr(model, "specexec_offload", None)
+    reader = getattr(streamer.transport, "reader", None) if streamer is not None else None
+    times, reads = [], []
+    for r in range(repeats + 1):
+        read0 = reader.seconds if reader is not None else 0.0
+        start = time.perf_counter()
+        runner.forward(tokens, prefix + depth, visible)
+        if r:  # the first is a warm-up
+            times.append(time.perf_counter() - start)
+            reads.append(reader.seconds - read0 if reader is not None else 0.0)
+        runner.rollback()
+    return statistics.median(times), statistics.median(reads)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--prompts", type=int, default=10, help="oasst prompts (from the first)")
+    ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--budgets", default="16,64,256,1024")
+    ap.add_argument("--sizes", default="1,16,64,256,1024", help="tree sizes of part 1")
+    ap.add_argument("--repeats", type=int, default=3, help="timed passes per size in part 1")
+    ap.add_argument("--device-size", type=int, default=2)
+    ap.add_argument("--max-n-beams", type=int, default=16, help="SpecExec: nodes expanded per draft pass")
+    ap.add_argument("--max-beam-len", type=int, default=16, help="SpecExec: depth cap (draft passes per tree)")
+    ap.add_argument("--max-branch-width", type=int, default=16, help="SpecExec: children per expanded node")
+    ap.add_argument("--skip-passes", action="store_true", help="skip part 1")
+    ap.add_argument("--skip-generation", action="store_true", help="skip part 2")
+    args = ap.parse_args()
+
+    from specexec import SpecExecEngine
+    from specexec.drafts import default_draft
+    from specexec.experiments.datasets import prepare, resolve
+    from specexec.models import load_model
+
+    print(f"machine: {machine()}", flush=True)
+    streamed = load_model("embedded", dtype="float32", offload="disk", device_size=args.device_size)
+    plans = list(streamed.model.specexec_offload.plans.values())
+    layer_bytes = sum(p.raw_nbytes for p in plans)
+    bw, direct = disk_bandwidth(plans)
+    io_bound = layer_bytes / bw
+    print(f"streamed layers: {len(plans)}, {layer_bytes / 1e6:.1f} MB read per pass; disk read bandwidth "
+          f"{bw / 1e9:.2f} GB/s ({'O_DIRECT' if direct else 'buffered + FADV_DONTNEED'}): I/O bound "
+          f"{io_bound * 1e3:.0f} ms per pass; {args.device_size} buffers", flush=True)
+
+    if not args.skip_passes:
+        resident = load_model("embedded", dtype="float32", with_tokenizer=False).model
+        rows = []
+        with torch.inference_mode():
+            for n in [int(x) for x in args.sizes.split(",")]:
+                t_ram, _ = pass_seconds(resident, n, args.repeats)
+                bw_n, _ = disk_bandwidth(plans, repeats=2)  # the disk's speed varies: measured next to each row
+                t_disk, t_read = pass_seconds(streamed.model, n, args.repeats)
+                rows.append((n, t_ram, t_disk, layer_bytes / bw_n, bw_n, t_read))
+                print(f"  n={n}: in RAM {t_ram * 1e3:.0f} ms, streamed {t_disk * 1e3:.0f} ms (its reads "
+                      f"{t_read * 1e3:.0f} ms), disk alone {bw_n / 1e9:.2f} GB/s", flush=True)
+        del resident
+        print("\n| tree tokens | in-RAM pass (ms) | streamed from disk (ms) | disk alone (GB/s) | I/O bound (ms) | "
+              "streamed / max(I/O bound, in-RAM) | reads during the pass (ms) | streamed / max(those reads, in-RAM) |")
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for n, t_ram, t_disk, bound, bw_n, t_read in rows:
+            print(f"| {n} | {t_ram * 1e3:.0f} | {t_disk * 1e3:.0f} | {bw_n / 1e9:.2f} | {bound * 1e3:.0f} | "
+                  f"{t_disk / max(bound, t_ram):.2f}x | {t_read * 1e3:.0f} | {t_disk / max(t_read, t_ram):.2f}x |")
+        print(flush=True)
+
+    if args.skip_generation:
+        return
+    draft, _ = default_draft(None, streamed)
+    engine = SpecExecEngine(streamed.model, streamed.tokenizer, draft, draft_tokenizer=streamed.tokenizer)
+    has_template = bool(getattr(streamed.tokenizer, "chat_template", None))
+    prompts = []
+    for p in resolve("oasst").prompts[: args.prompts]:
+        text, chat = prepare(p, "auto", has_template)
+        prompts.append(engine.encode(text, chat=chat))
+    print(f"end to end: {len(prompts)} oasst prompts, {args.max_new_tokens} new tokens, greedy", flush=True)
+    rows, reference = [], {}
+
+    def run(label, **kw):
+        with torch.inference_mode():
+            engine.generate(prompts[0], max_new_tokens=4, temperature=0.0, **kw)  # warm-up
+            tokens = passes = 0
+            seconds = 0.0
+            same = True
+            for i, ids in enumerate(prompts):
+                res = engine.generate(ids, max_new_tokens=args.max_new_tokens, temperature=0.0, **kw)
+                tokens += res.stats.new_tokens
+                passes += res.stats.target_passes
+                seconds += res.stats.seconds
+                if label == "autoregressive":
+                    reference[i] = res.token_ids
+                else:
+                    same &= res.token_ids == reference.get(i)
+        rows.append((label, tokens / seconds, tokens / passes, seconds / passes, same))
+        print(f"  {label:<22} {tokens / seconds:6.2f} tok/s  {tokens / passes:5.2f} tok/pass  "
+              f"{seconds / passes:5.2f} s/iteration  same tokens as autoregressive: {same}", flush=True)
+
+    run("autoregressive", method="autoregressive")
+    for b in [int(x) for x in args.budgets.split(",")]:
+        run(f"SpecExec budget {b}", method="specexec", max_budget=b, max_n_beams=args.max_n_beams,
+            max_branch_width=args.max_branch_width, max_beam_len=args.max_beam_len)
+    run("SpecInfer 8 x 8", method="specinfer", max_n_beams=8, max_beam_len=8)
+    base = rows[0][1]
+    print("\n| method (target streamed from disk) | tokens/s | vs autoregressive | tokens per target pass | "
+          "seconds per iteration | same tokens as autoregressive |")
+    print("|---|---:|---:|---:|---:|---|")
+    for label, tps, per_pass, per_it, same in rows:
+        print(f"| {label} | {tps:.2f} | {tps / base:.2f}x | {per_pass:.2f} | {per_it:.2f} | {'yes' if same else 'NO'} |")
+
+
+if __name__ == "__main__":
+    main()

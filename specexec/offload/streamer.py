@@ -1,0 +1,94 @@
+"""Hooks that stream a model's own decoder layers through a transport's buffers.
+
+The model's layer list is never replaced (transformers slices it). At rest a streamed layer's
+parameters are meta tensors; a forward pre-hook waits for the layer's buffer and swaps the
+buffer's views in as the layer's parameters; a forward post-hook (run even if the layer
+raised) swaps the meta tensors back, releases the buffer and issues the next load into it.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import torch
+
+from .plan import LayerPlan
+from .scheduler import RingSchedule
+
+
+class LayerStreamer:
+    def __init__(self, layers: torch.nn.ModuleList, plans: list[LayerPlan], transport):
+        self.plans = {p.index: p for p in plans}
+        self.transport = transport
+        self.schedule = RingSchedule([p.index for p in plans], transport.slots)
+        self.layers = layers
+        self._targets: dict[int, list[tuple[torch.nn.Module, str, str]]] = {}
+        self._meta: dict[int, dict[str, torch.nn.Parameter]] = {}
+        self._handles = []
+        self._active: tuple[int, int] | None = None  # (layer, position) now holding a buffer
+        self.computed: deque[int] = deque(maxlen=1 << 14)  # layers run, latest last
+        for p in plans:
+            layer = layers[p.index]
+            targets, meta = [], {}
+            for local in p.params:
+                path, _, pname = local.rpartition(".")
+                module = layer.get_submodule(path) if path else layer
+                targets.append((module, pname, local))
+                meta[local] = module._parameters[pname]
+            self._targets[p.index], self._meta[p.index] = targets, meta
+            self._handles.append(layer.register_forward_pre_hook(self._make_pre(p.index)))
+            self._handles.append(layer.register_forward_hook(self._make_post(p.index), always_call=True))
+        self._issue(self.schedule.restart(plans[0].index))  # prefetch the first pass
+
+    @property
+    def slots(self) -> int:
+        return self.schedule.slots
+
+    def _issue(self, positions) -> None:
+        for k in positions:
+            self.transport.load(k, self.schedule.layer_at(k), self.schedule.slot_at(k))
+
+    def _swap(self, index: int, params: dict[str, torch.nn.Parameter]) -> None:
+        for module, pname, local in self._targets[index]:
+            module._parameters[pname] = params[local]
+
+    def _make_pre(self, index: int):
+        def pre(module, args):
+            if self._active is not None:  # the previous layer never finished
+                self._finish(*self._active)
+            k = self.schedule.position_of(index)
+            if k is None:  # a pass that starts where the rotation does not expect it
+                self.transport.cancel()
+                self._issue(self.schedule.restart(index))
+                k = self.schedule.next_compute
+            try:
+                params = self.transport.wait(k, index, self.schedule.slot_at(k))
+            except BaseException:
+                self.schedule.next_compute = None  # the next pass restarts the rotation
+                raise
+            self._swap(index, params)
+            self._active = (index, k)
+            self.computed.append(index)
+
+        return pre
+
+    def _make_post(self, index: int):
+        def post(module, args, output):
+            if self._active is not None and self._active[0] == index:
+                self._finish(*self._active)
+            return output
+
+        return post
+
+    def _finish(self, index: int, k: int) -> None:
+        self._swap(index, self._meta[index])
+        self._active = None
+        self.transport.release(k, self.schedule.slot_at(k))
+        self._issue([self.schedule.finish()])
+
+    def close(self) -> None:
+        """Remove the hooks and stop the transport (the model can no longer run its streamed layers)."""
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        self.transport.close()
