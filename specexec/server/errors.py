@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -35,8 +36,12 @@ def error_body(message: str, type: str = "invalid_request_error", param: str | N
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
+# segments pydantic adds to an error's location to name the member of a union it tried
+_UNION_TAG = re.compile(r"^(str|int|float|bool|none|list|dict|function-\w+|[a-z-]+\[.*\]|[A-Z]\w*)$")
+
+
 def _param(loc) -> str | None:
-    parts = [str(p) for p in loc if p != "body"]
+    parts = [str(p) for p in loc if p != "body" and not (isinstance(p, str) and _UNION_TAG.match(p))]
     if not parts:
         return None
     out = parts[0]
@@ -81,8 +86,9 @@ def install_handlers(app: FastAPI) -> None:
     async def _invalid(request: Request, exc: RequestValidationError):
         errors = exc.errors()
         message, param, code = _validation_message(errors[0]) if errors else ("invalid request", None, None)
-        if len(errors) > 1:
-            message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+        others = {_param(e.get("loc", ())) for e in errors} - {param}  # a union's members count once
+        if others:
+            message += f" (and {len(others)} more problem{'s' if len(others) > 1 else ''})"
         return JSONResponse(error_body(message, "invalid_request_error", param, code), status_code=400)
 
     @app.exception_handler(StarletteHTTPException)
