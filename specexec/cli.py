@@ -11,6 +11,7 @@ from .errors import SpecExecError
 # name -> module with HELP, add_arguments(parser) and run(args)
 COMMANDS = {
     "generate": "specexec.commands.generate",
+    "chat": "specexec.commands.chat",
     "serve": "specexec.commands.serve",
     "distill": "specexec.commands.distill",
     "bench": "specexec.commands.bench",
