@@ -102,3 +102,49 @@ def test_full_queue_is_refused_at_once(engine):
         worker.shutdown()
 
     asyncio.run(main())
+
+
+def test_health_while_loading_and_after_a_failed_load():
+    import threading
+
+    from starlette.testclient import TestClient
+
+    from specexec.server import ServerSettings, create_app
+
+    go = threading.Event()
+
+    def load():
+        go.wait(10)
+        raise OSError("no space left on device")
+
+    failures = []
+    app = create_app(ServerSettings(model_name="m", on_load_error=failures.append), load)
+    with TestClient(app) as client:
+        assert client.get("/health").json() == {"status": "loading", "error": None}
+        r = client.post("/v1/completions", json={"model": "m", "prompt": "x"})
+        assert r.status_code == 503 and r.headers["retry-after"] == "5" and r.json()["error"]["code"] == "loading"
+        go.set()
+        for _ in range(100):
+            if failures:
+                break
+            time.sleep(0.02)
+        r = client.get("/health")
+        assert r.status_code == 503 and r.json()["status"] == "failed" and "no space" in r.json()["error"]
+    assert failures == ["OSError: no space left on device"]
+
+
+def test_serve_command_errors_are_one_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from serve_helpers import REPO
+
+    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", PYTHONPATH=str(REPO))
+    for args, message in ((["--budget", "0"], "max_budget must be a positive integer"),
+                          (["--max-queue", "0"], "must be > 0"),
+                          (["--target", str(tmp_path / "missing"), "--port", "0"], "not found")):
+        r = subprocess.run([sys.executable, "-m", "specexec", "serve", *args], capture_output=True, text=True,
+                           env=env, cwd=REPO, timeout=120)
+        assert r.returncode == 2 and message in r.stderr, (args, r.stderr)
+        assert "Traceback" not in r.stderr
