@@ -4,6 +4,7 @@ error (never a 500) and the server keeps serving."""
 
 from __future__ import annotations
 
+import http.client
 import json
 
 import openai
@@ -209,6 +210,21 @@ def test_malformed_bodies_and_unknown_model(server, body, status, code):
     assert got == status and set(reply["error"]) == {"message", "type", "param", "code"}
     if code:
         assert reply["error"]["code"] == code
+
+
+def test_nulls_accepted_and_huge_bodies_refused(server):
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "n": None,
+            "stream": None, "stream_options": None, "temperature": None, "stop": None, "user": "u1"}
+    status, reply, _ = post(server.url + "/v1/chat/completions", body)
+    assert status == 200 and reply["usage"]["completion_tokens"] == 3
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    conn.putrequest("POST", "/v1/completions")  # announces 17 MiB, sends none of it
+    conn.putheader("Content-Type", "application/json")
+    conn.putheader("Content-Length", str(17 << 20))
+    conn.endheaders()
+    response = conn.getresponse()
+    assert response.status == 413 and json.loads(response.read())["error"]["code"] == "body_too_large"
+    conn.close()
 
 
 def test_wrong_routes_and_methods(server):

@@ -78,6 +78,9 @@ def run(args) -> int:
     app = create_app(settings, load)
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                                            timeout_graceful_shutdown=3))
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
+        print(f"specexec: warning: listening on {args.host} without --api-key: anyone who reaches this port "
+              "can use the model", file=sys.stderr)
     print(f"specexec: loading {args.target!r}; listening on http://{args.host}:{args.port}", file=sys.stderr,
           flush=True)
     server.run()

@@ -110,6 +110,13 @@ def create_app(settings: ServerSettings, load_engine: Callable[[], object]) -> F
     install_handlers(app)
     app.add_middleware(_CountRequests, metrics=metrics)
 
+    tokenizer_lock = threading.Lock()  # the request side's tokenizer, used off the event loop one at a time
+
+    def prepare_locked(body, chat: bool, engine, limits: Limits):
+        with tokenizer_lock:
+            return prepare(body, chat=chat, engine=engine, tokenizer=state.tokenizer, base=engine.config,
+                           limits=limits)
+
     def check_key(request: Request) -> None:
         if settings.api_key is None:
             return
@@ -155,7 +162,7 @@ def create_app(settings: ServerSettings, load_engine: Callable[[], object]) -> F
     async def _complete(request: Request, schema, chat: bool):
         arrival = time.monotonic()
         check_key(request)
-        raw = await request.body()
+        raw = await _read_body(request)
         try:
             body = schema.model_validate_json(raw)
         except ValidationError as err:
@@ -165,8 +172,7 @@ def create_app(settings: ServerSettings, load_engine: Callable[[], object]) -> F
                                 f"`{settings.model_name}`", "invalid_request_error", "model", "model_not_found")
         engine = ready_engine()
         limits = Limits(settings.max_prompt_tokens or engine.max_context - 1, settings.max_tokens)
-        prepared = prepare(body, chat=chat, engine=engine, tokenizer=state.tokenizer,
-                           base=engine.config, limits=limits)
+        prepared = await asyncio.to_thread(prepare_locked, body, chat, engine, limits)
         job = Job(prepared.prompt_ids, prepared.config, prepared.stops, arrival + settings.request_timeout,
                   asyncio.get_running_loop())
         try:
@@ -236,6 +242,24 @@ def create_app(settings: ServerSettings, load_engine: Callable[[], object]) -> F
 
 
 START = time.time()
+
+
+MAX_BODY_BYTES = 16 << 20
+
+
+async def _read_body(request: Request) -> bytes:
+    """The request body, refused with 413 past MAX_BODY_BYTES (announced or sent)."""
+    declared = request.headers.get("content-length", "")
+    too_large = APIError(413, f"the request body is larger than {MAX_BODY_BYTES >> 20} MiB", code="body_too_large")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 async def _next_event(job: Job, request: Request, timeout: float | None):

@@ -67,9 +67,9 @@ class _Sampling(_Strict):
     top_p: float | None = Field(default=None, gt=0, le=1)
     seed: int | None = Field(default=None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
     stop: str | list[str] | None = None
-    stream: bool = False
+    stream: bool | None = False
     stream_options: StreamOptions | None = None
-    n: int = 1
+    n: int | None = 1
     user: str | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
@@ -87,8 +87,8 @@ class _Sampling(_Strict):
 
     @field_validator("n")
     @classmethod
-    def _one_choice(cls, n: int) -> int:
-        if n != 1:
+    def _one_choice(cls, n: int | None) -> int | None:
+        if n not in (None, 1):
             raise ValueError(f"only n=1 is supported (one engine decodes one sequence at a time), got {n}")
         return n
 
@@ -146,7 +146,7 @@ class ChatCompletionRequest(_Sampling):
 
 class CompletionRequest(_Sampling):
     prompt: str | list[int] | list[str]
-    echo: bool = False
+    echo: bool | None = False
     suffix: None = None
     best_of: int | None = None
     logprobs: int | None = None
