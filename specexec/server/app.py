@@ -122,7 +122,8 @@ def create_app(settings: ServerSettings, load_engine: Callable[[], object]) -> F
             return
         auth = request.headers.get("authorization", "")
         scheme, _, key = auth.partition(" ")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(key.strip(), settings.api_key):
+        given, wanted = key.strip().encode("latin-1", "replace"), settings.api_key.encode("utf-8", "replace")  # raw header bytes
+        if scheme.lower() != "bearer" or not secrets.compare_digest(given, wanted):
             raise APIError(401, "Incorrect or missing API key: send 'Authorization: Bearer KEY'",
                            "invalid_request_error", None, "invalid_api_key")
 
