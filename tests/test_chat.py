@@ -14,7 +14,7 @@ from specexec import GenerationConfig, SpecExecEngine
 
 from serve_helpers import REPO, save_tiny_chat_model
 
-SYSTEM, TOKENS = "Be brief.", 200
+SYSTEM, TOKENS = "Be brief.", 120
 
 
 @pytest.fixture(scope="module")
