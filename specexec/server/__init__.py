@@ -8,7 +8,8 @@
 | ``stops`` | cutting streamed text at the first stop string |
 | ``worker`` | the bounded queue and the one thread that drives the engine |
 | ``metrics`` | Prometheus counters, gauges and histograms |
-| ``app`` | the FastAPI routes and the response / SSE chunk formats |
+| ``responses`` | OpenAI's response bodies and streamed chunks |
+| ``app`` | the FastAPI routes, the engine's loading, the SSE stream |
 """
 
 from .app import ServerSettings, create_app

@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import json
 import logging
 import secrets
 import threading
 import time
-import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Callable
@@ -32,6 +30,7 @@ from .errors import APIError, install_handlers
 from .metrics import CONTENT_TYPE_LATEST, ServerMetrics
 from .params import Limits, prepare
 from .schemas import ChatCompletionRequest, CompletionRequest
+from .responses import ResponseFormat
 from .worker import Delta, EngineWorker, Failed, Finished, Job, QueueFull, Started
 
 log = logging.getLogger("specexec.server")
@@ -182,7 +181,7 @@ def create_app(settings: ServerSettings, load_engine: Callable[[], object]) -> F
             raise APIError(429, f"the server is busy ({settings.max_queue} requests waiting); retry after "
                                 f"{full.retry_after} s", "rate_limit_exceeded", None, "queue_full",
                            {"Retry-After": str(full.retry_after)}) from None
-        fmt = _Format(chat, settings.model_name, len(prepared.prompt_ids))
+        fmt = ResponseFormat(chat, settings.model_name, len(prepared.prompt_ids))
         try:
             first = await _next_event(job, request, job.deadline - time.monotonic())
         except BaseException:
@@ -196,7 +195,7 @@ def create_app(settings: ServerSettings, load_engine: Callable[[], object]) -> F
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         return await _whole(job, request, fmt, arrival)
 
-    async def _whole(job: Job, request: Request, fmt: "_Format", arrival: float):
+    async def _whole(job: Job, request: Request, fmt: ResponseFormat, arrival: float):
         pieces = []
         try:
             while True:
@@ -213,7 +212,7 @@ def create_app(settings: ServerSettings, load_engine: Callable[[], object]) -> F
         finally:
             job.cancel()  # a no-op once finished; frees the engine if the client went away
 
-    async def _sse(job: Job, fmt: "_Format", include_usage: bool, arrival: float):
+    async def _sse(job: Job, fmt: ResponseFormat, include_usage: bool, arrival: float):
         first_token = True
         try:
             if fmt.chat:
@@ -281,50 +280,3 @@ async def _next_event(job: Job, request: Request, timeout: float | None):
             continue
         if not isinstance(event, Started) or timeout is not None:
             return event
-
-
-class _Format:
-    """OpenAI's response and chunk shapes for one request."""
-
-    def __init__(self, chat: bool, model: str, prompt_tokens: int):
-        self.chat, self.model, self.prompt_tokens = chat, model, prompt_tokens
-        self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
-        self.created = int(time.time())
-        self.object = "chat.completion" if chat else "text_completion"
-
-    def usage(self, completion_tokens: int) -> dict:
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion_tokens,
-                "total_tokens": self.prompt_tokens + completion_tokens}
-
-    def whole(self, text: str, done: Finished) -> dict:
-        if self.chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                      "finish_reason": done.finish_reason}
-        else:
-            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": done.finish_reason}
-        return {"id": self.id, "object": self.object, "created": self.created, "model": self.model,
-                "choices": [choice], "usage": self.usage(done.completion_tokens), "specexec": done.stats}
-
-    def chunk(self, text: str = "", role: bool = False, finish: Finished | None = None) -> dict:
-        if self.chat:
-            delta = {"role": "assistant", "content": ""} if role else ({"content": text} if text else {})
-            choice = {"index": 0, "delta": delta, "logprobs": None,
-                      "finish_reason": finish.finish_reason if finish else None}
-            obj = "chat.completion.chunk"
-        else:
-            choice = {"index": 0, "text": text, "logprobs": None,
-                      "finish_reason": finish.finish_reason if finish else None}
-            obj = "text_completion"
-        out = {"id": self.id, "object": obj, "created": self.created, "model": self.model, "choices": [choice]}
-        if finish is not None:
-            out["specexec"] = finish.stats
-        return out
-
-    def usage_chunk(self, done: Finished) -> dict:
-        return {"id": self.id, "object": "chat.completion.chunk" if self.chat else "text_completion",
-                "created": self.created, "model": self.model, "choices": [],
-                "usage": self.usage(done.completion_tokens)}
-
-    @staticmethod
-    def sse(payload: dict) -> str:
-        return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
