@@ -11,6 +11,8 @@ from .errors import SpecExecError
 # name -> module with HELP, add_arguments(parser) and run(args)
 COMMANDS = {
     "generate": "specexec.commands.generate",
+    "chat": "specexec.commands.chat",
+    "serve": "specexec.commands.serve",
     "distill": "specexec.commands.distill",
     "bench": "specexec.commands.bench",
     "plot": "specexec.commands.plot",
@@ -18,7 +20,10 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="specexec", description="Massively parallel speculative decoding.")
+    parser.add_argument("--version", action="version", version=f"specexec {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(module_name)

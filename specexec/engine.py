@@ -64,6 +64,11 @@ class GenerationStream:
     def result(self) -> GenerationResult | None:
         return self._outcome.get("result")
 
+    @property
+    def stats(self) -> GenerationStats | None:
+        """The generation's statistics so far (set at the first chunk; kept after an early close)."""
+        return self._outcome.get("stats")
+
     def __iter__(self):
         return self
 
@@ -220,6 +225,7 @@ class SpecExecEngine:
 
         def chunks():
             stats = GenerationStats(method=cfg.method)
+            outcome["stats"] = stats
             text = TextAssembler(self.decode_text)
             for new in self._decode(ids, cfg, stats):
                 last = bool(stats.stop_reason)
