@@ -8,6 +8,10 @@ import os
 import warnings
 from pathlib import Path
 
+# Tests start model processes of their own (CLI, servers) on few cores: OpenMP threads that
+# spin while waiting would take the cores from each other. Set before torch starts OpenMP.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import pytest
 import torch
 
