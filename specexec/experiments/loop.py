@@ -278,6 +278,10 @@ def _finish(args, rows, out, status, hardware) -> None:
     _say(f"{line}\nSUMMARY {args.exp_name} ({status}; {hardware}; temperature {args.temperature}, "
          f"top_p {args.top_p}, max_new_tokens {args.max_new_tokens})\n{line}\n"
          f"{report.format_table(rows)}\n{line}")
+    if any("speedup" in r for r in rows):
+        _say("speedup = gen_speed / the autoregressive baseline's gen_speed in this run, same target and "
+             "settings (below 1: slower than plain decoding here; SpecExec pays where a target pass costs "
+             "about the same for one token as for a tree, see docs/offload.md)")
     if not args.no_plot:
         try:
             from .plot import plot_rows
