@@ -143,10 +143,27 @@ def test_cli_json_and_streamed_text_agree():
     assert {"text", "token_ids", "prompt_token_ids", "stats"} <= set(out)
     assert out["stats"]["new_tokens"] == len(out["token_ids"]) <= 16
     assert out["stats"]["target_passes"] >= 1 and out["stats"]["tokens_per_pass"] >= 1
-    streamed = run_cli(*common)
+    streamed = run_cli(*common, "--stats")
     assert streamed.returncode == 0, streamed.stderr
     assert streamed.stdout.rstrip("\n") == out["text"]
     assert "tokens/pass" in streamed.stderr
+    stop = {"eos": "end-of-sequence", "length": "--max-new-tokens"}[out["stats"]["stop_reason"]]
+    assert stop in streamed.stderr  # the terminal says why generation stopped
+    assert "tokens accepted per target pass" in streamed.stderr and "first token after" in streamed.stderr
     auto = run_cli("generate", "--prompt", "List three colours.", "--chat", "--max-new-tokens", "16",
                    "--method", "autoregressive", "--json")
     assert json.loads(auto.stdout)["token_ids"] == out["token_ids"]  # greedy: same text whatever the method
+
+
+def test_cli_defaults_are_the_apis():
+    from specexec.cli import build_parser
+
+    cfg = GenerationConfig()
+    args = build_parser().parse_args(["generate", "--prompt", "x"])
+    assert (args.max_new_tokens, args.budget, args.max_beam_len, args.max_n_beams, args.temperature, args.seed) == (
+        cfg.max_new_tokens, cfg.max_budget, cfg.max_beam_len, cfg.max_n_beams, cfg.sampling.temperature, cfg.seed)
+    for command in ("chat", "serve"):
+        other = build_parser().parse_args([command])
+        assert (other.max_new_tokens, other.budget) == (args.max_new_tokens, args.budget)
+    help_text = run_cli("generate", "--help").stdout
+    assert f"default: {cfg.max_new_tokens}" in help_text and f"default: {cfg.max_budget}" in help_text

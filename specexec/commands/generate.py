@@ -29,22 +29,30 @@ def add_offload_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_decoding_arguments(p: argparse.ArgumentParser) -> None:
-    from ..config import METHODS
+    """The decoding flags; their defaults are GenerationConfig's, shared with the API, chat and serve."""
+    from ..config import METHODS, GenerationConfig
 
-    p.add_argument("--method", default="specexec", choices=METHODS)
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0, help="0 = off")
-    p.add_argument("--budget", "--max-budget", dest="budget", type=int, default=64,
-                   help="SpecExec: draft tokens per tree")
-    p.add_argument("--max-beam-len", type=int, default=16, help="depth cap (draft passes); chain length")
-    p.add_argument("--max-n-beams", type=int, default=16, help="nodes expanded per draft pass; SpecInfer chains")
-    p.add_argument("--max-branch-width", type=int, default=16)
-    p.add_argument("--min-log-prob", type=float, default=None)
-    p.add_argument("--decay", type=float, default=1.0, help="per-level factor on cumulative draft probability")
-    p.add_argument("--draft-temperature", type=float, default=None)
-    p.add_argument("--seed", type=int, default=0)
+    d = GenerationConfig()
+    p.add_argument("--method", default=d.method, choices=METHODS, help="default: %(default)s")
+    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help="default: %(default)s")
+    p.add_argument("--temperature", type=float, default=d.sampling.temperature, help="0 = greedy (default: %(default)s)")
+    p.add_argument("--top-p", type=float, default=d.sampling.top_p, help="default: %(default)s")
+    p.add_argument("--top-k", type=int, default=d.sampling.top_k, help="0 = off (default: %(default)s)")
+    p.add_argument("--budget", "--max-budget", dest="budget", type=int, default=d.max_budget,
+                   help="SpecExec: draft tokens per tree (default: %(default)s)")
+    p.add_argument("--max-beam-len", type=int, default=d.max_beam_len,
+                   help="depth cap (draft passes); chain length (default: %(default)s)")
+    p.add_argument("--max-n-beams", type=int, default=d.max_n_beams,
+                   help="nodes expanded per draft pass; SpecInfer chains (default: %(default)s)")
+    p.add_argument("--max-branch-width", type=int, default=d.max_branch_width,
+                   help="children proposed per expanded node (default: %(default)s)")
+    p.add_argument("--min-log-prob", type=float, default=d.min_log_prob,
+                   help="lowest cumulative draft log-probability kept (default: %(default)s = none)")
+    p.add_argument("--decay", type=float, default=d.decay,
+                   help="per-level factor on cumulative draft probability (default: %(default)s)")
+    p.add_argument("--draft-temperature", type=float, default=d.draft_temperature,
+                   help="SpecInfer / chain: the draft's temperature (default: %(default)s = the run's)")
+    p.add_argument("--seed", type=int, default=d.seed, help="default: %(default)s")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -110,9 +118,31 @@ def run(args) -> int:
         print(json.dumps(result.to_dict()))
     else:
         sys.stdout.write("\n")
-    if args.stats or not args.json:
-        s = result.stats
+    s = result.stats
+    if not args.json:
+        stop = STOP_WORDS.get(s.stop_reason, s.stop_reason)
         print(f"[{s.method}] {s.new_tokens} tokens in {s.target_passes} target passes "
-              f"({s.tokens_per_pass:.2f} tokens/pass), {s.seconds:.2f} s, {s.tokens_per_second:.1f} tokens/s",
+              f"({s.tokens_per_pass:.2f} tokens/pass), {s.seconds:.2f} s, {s.tokens_per_second:.1f} tokens/s; {stop}",
               file=sys.stderr)
+    if args.stats:
+        print(stats_report(s), file=sys.stderr)
     return 0
+
+
+STOP_WORDS = {"eos": "stopped at the end-of-sequence token", "length": "stopped at --max-new-tokens",
+              "context": "stopped: the target's context is full"}
+
+
+def stats_report(s) -> str:
+    """The details behind the summary line (``--stats``)."""
+    from collections import Counter
+
+    hist = Counter(s.accepted_per_pass)
+    return "\n".join([
+        f"prefill {s.prefill_seconds:.2f} s, first token after {s.first_token_seconds:.2f} s",
+        f"decoding {s.seconds:.2f} s: growing trees {s.draft_seconds:.2f} s (draft forward {s.draft_forward_seconds:.2f} s), "
+        f"verifying {s.target_seconds:.2f} s (target forward {s.target_forward_seconds:.2f} s); "
+        f"outside forward passes {100 * s.overhead_share:.1f}%",
+        f"draft passes {s.draft_passes}; mean tree size {s.mean('tree_sizes'):.1f}, mean depth {s.mean('tree_depths'):.1f}",
+        "tokens accepted per target pass: " + ", ".join(f"{k}: {hist[k]}x" for k in sorted(hist)),
+    ])
