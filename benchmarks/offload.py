@@ -60,19 +60,14 @@ def pass_seconds(model, n: int, repeats: int, prefix: int = 64) -> tuple[float, 
     """Median seconds of one tree pass of ``n`` tokens (a random tree) after a ``prefix``-token prompt, and
     of the reads the disk reader spent in those passes (0 for a resident model)."""
     from specexec.runner import ModelRunner
+    from specexec.tree import ancestor_matrix
 
     gen = torch.Generator().manual_seed(n)
     runner = ModelRunner(model, capacity=prefix + n + 8)
     runner.forward_chain(torch.randint(0, 1000, (prefix,), generator=gen), 0)
     runner.commit(torch.arange(prefix))
     parents = [-1] + [int(torch.randint(0, i, (), generator=gen)) for i in range(1, n)]
-    anc = torch.zeros(n, n, dtype=torch.bool)
-    depth = torch.zeros(n, dtype=torch.long)
-    for i, p in enumerate(parents):
-        anc[i, i] = True
-        if p >= 0:
-            anc[i] |= anc[p]
-            depth[i] = depth[p] + 1
+    anc, depth = ancestor_matrix(parents)
     visible = torch.cat([torch.ones(n, prefix, dtype=torch.bool), anc], 1)
     tokens = torch.randint(0, 1000, (n,), generator=gen)
     streamer = getattr(model, "specexec_offload", None)

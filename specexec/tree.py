@@ -14,6 +14,22 @@ from __future__ import annotations
 import torch
 
 
+def ancestor_matrix(parents: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ancestors (n, n) bool, depth (n,)) of a tree given by each node's parent index (-1: a root).
+
+    Parents come before children, as in :class:`TokenTree`.
+    """
+    n = len(parents)
+    anc = torch.zeros(n, n, dtype=torch.bool)
+    depth = torch.zeros(n, dtype=torch.long)
+    for i, p in enumerate(parents):
+        anc[i, i] = True
+        if p >= 0:
+            anc[i] |= anc[p]
+            depth[i] = depth[p] + 1
+    return anc, depth
+
+
 class TokenTree:
     def __init__(self, root_token: int, capacity: int, device: torch.device | str = "cpu"):
         self.capacity = capacity

@@ -45,6 +45,16 @@ TINY_FAMILIES = {
 # families whose transformers implementation refuses sdpa attention
 EAGER_FAMILIES = {"gemma2"}
 
+# every method, SpecExec at budgets 1 / 16 / 128: the settings of the exactness tests
+EVERY_METHOD = [
+    ("specexec", dict(max_budget=1)),
+    ("specexec", dict(max_budget=16, max_n_beams=4, max_branch_width=4, max_beam_len=8)),
+    ("specexec", dict(max_budget=128, max_n_beams=16, max_branch_width=8, max_beam_len=12)),
+    ("specinfer", dict(max_n_beams=4, max_beam_len=6)),
+    ("chain", dict(max_beam_len=8)),
+    ("autoregressive", dict()),
+]
+
 
 def tiny_config(family: str, vocab: int = 64, layers: int = 2, hidden: int = 32, max_positions: int = 512,
                 **extra):

@@ -10,17 +10,10 @@ import torch
 from specexec import SpecExecEngine
 from specexec.models import truncated_copy
 
-from conftest import assert_greedy_equal, tiny_model
+from conftest import EVERY_METHOD, assert_greedy_equal, tiny_model
 
 NEW = 20
-SETTINGS = [
-    ("specexec", dict(max_budget=1)),
-    ("specexec", dict(max_budget=16, max_n_beams=4, max_branch_width=4, max_beam_len=8)),
-    ("specexec", dict(max_budget=128, max_n_beams=16, max_branch_width=8, max_beam_len=12)),
-    ("specinfer", dict(max_n_beams=4, max_beam_len=6)),
-    ("chain", dict(max_beam_len=8)),
-    ("autoregressive", dict()),
-]
+SETTINGS = EVERY_METHOD
 # field -> value; each changes the tiny target's greedy output on the prompts below
 PROCESSORS = {
     "repetition_penalty": 1.5,

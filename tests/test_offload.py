@@ -16,6 +16,7 @@ from specexec.offload import NO_CUDA, OffloadOptions, load_offloaded
 from specexec.offload.loading import attach, build_skeleton
 from specexec.offload.ram import RamTransport
 from specexec.runner import ModelRunner
+from specexec.tree import ancestor_matrix
 
 from conftest import assert_greedy_equal, greedy_reference, tiny_model
 
@@ -76,13 +77,7 @@ def tree_logits(model, prefix, tree_tokens, parents):
     first = runner.forward_chain(torch.tensor(prefix), 0)
     runner.commit(torch.arange(len(prefix)))
     n = len(tree_tokens)
-    anc = torch.zeros(n, n, dtype=torch.bool)
-    depth = torch.zeros(n, dtype=torch.long)
-    for i, p in enumerate(parents):
-        anc[i, i] = True
-        if p >= 0:
-            anc[i] |= anc[p]
-            depth[i] = depth[p] + 1
+    anc, depth = ancestor_matrix(parents)
     visible = torch.cat([torch.ones(n, len(prefix), dtype=torch.bool), anc], 1)
     second = runner.forward(torch.tensor(tree_tokens), len(prefix) + depth, visible)
     return first, second

@@ -10,19 +10,12 @@ from specexec import SpecExecEngine
 from specexec.models import truncated_copy
 from specexec.rope import length_switch
 
-from conftest import assert_greedy_equal, greedy_reference, tiny_model
+from conftest import EVERY_METHOD, assert_greedy_equal, greedy_reference, tiny_model
 
 T = 32  # original_max_position_embeddings: short factors up to here, long ones past it
 LONGROPE = {"rope_type": "longrope", "short_factor": [1.0, 1.0, 1.0, 1.0], "long_factor": [1.0, 4.0, 16.0, 64.0],
             "rope_theta": 10000.0, "original_max_position_embeddings": T}
-SETTINGS = [
-    ("specexec", dict(max_budget=1)),
-    ("specexec", dict(max_budget=16, max_n_beams=4, max_branch_width=4, max_beam_len=8)),
-    ("specexec", dict(max_budget=128, max_n_beams=16, max_branch_width=8, max_beam_len=12)),
-    ("specinfer", dict(max_n_beams=4, max_beam_len=6)),
-    ("chain", dict(max_beam_len=8)),
-    ("autoregressive", dict()),
-]
+SETTINGS = EVERY_METHOD
 
 
 def longrope_model(family):

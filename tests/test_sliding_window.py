@@ -13,17 +13,10 @@ from specexec.attention import FULL, SLIDING, attention_layout
 from specexec.errors import UnsupportedModelError
 from specexec.models import truncated_copy
 
-from conftest import WINDOW, assert_greedy_equal, greedy_reference, tiny_model
+from conftest import EVERY_METHOD, WINDOW, assert_greedy_equal, greedy_reference, tiny_model
 
 WINDOWED = ["mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3"]
-SETTINGS = [
-    ("specexec", dict(max_budget=1)),
-    ("specexec", dict(max_budget=16, max_n_beams=4, max_branch_width=4, max_beam_len=8)),
-    ("specexec", dict(max_budget=128, max_n_beams=16, max_branch_width=8, max_beam_len=12)),
-    ("specinfer", dict(max_n_beams=4, max_beam_len=6)),
-    ("chain", dict(max_beam_len=8)),
-    ("autoregressive", dict()),
-]
+SETTINGS = EVERY_METHOD
 NEW = 24
 
 

@@ -85,6 +85,13 @@ class _Sampling(_Strict):
     decay: float | None = Field(default=None, gt=0, le=1)
     draft_temperature: float | None = Field(default=None, ge=0)
 
+    @field_validator("logprobs", check_fields=False)  # a bool in chat requests, an int in completions
+    @classmethod
+    def _no_logprobs(cls, value):
+        if value:
+            raise ValueError("logprobs are not supported")
+        return value
+
     @field_validator("n")
     @classmethod
     def _one_choice(cls, n: int | None) -> int | None:
@@ -133,13 +140,6 @@ class ChatCompletionRequest(_Sampling):
             raise ValueError("messages must hold at least one message")
         return messages
 
-    @field_validator("logprobs")
-    @classmethod
-    def _no_logprobs(cls, value):
-        if value:
-            raise ValueError("logprobs are not supported")
-        return value
-
     def token_limit(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
@@ -176,13 +176,6 @@ class CompletionRequest(_Sampling):
     def _best_of(cls, value):
         if value not in (None, 1):
             raise ValueError("only best_of=1 is supported")
-        return value
-
-    @field_validator("logprobs")
-    @classmethod
-    def _no_logprobs(cls, value):
-        if value:
-            raise ValueError("logprobs are not supported")
         return value
 
     def token_limit(self) -> int | None:
