@@ -32,6 +32,20 @@ TREE_SAFE = (
     lp.ExponentialDecayLengthPenalty, lp.InfNanRemoveLogitsProcessor,
 )  # NoBadWordsLogitsProcessor is a SequenceBiasLogitsProcessor
 
+# generation_config fields that make generate build a logit processor -> the value that means "off"
+PROCESSOR_FIELDS = {
+    "repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "bad_words_ids": None, "sequence_bias": None,
+    "min_length": 0, "min_new_tokens": 0, "suppress_tokens": None, "begin_suppress_tokens": None,
+    "forced_bos_token_id": None, "forced_eos_token_id": None, "exponential_decay_length_penalty": None,
+    "remove_invalid_values": False,
+}
+
+
+def _asks(config, name: str, off) -> bool:
+    value = getattr(config, name, None)
+    return value is not None and value != off and value != [] and value is not False
+
+
 # generation_config field -> (value that means "off", why specexec does not apply it)
 IGNORED = {
     "do_sample": (False, "sampling follows each call's temperature (default 0: greedy), not the checkpoint's"),
@@ -68,8 +82,8 @@ def ignored_settings(generation_config) -> dict[str, str]:
 def build_processors(model, prompt_len: int, max_new_tokens: int, eos_ids: set[int]):
     """transformers' processors for this call (None when the checkpoint asks for none)."""
     config = getattr(model, "generation_config", None)
-    if config is None:
-        return None
+    if config is None or not any(_asks(config, name, off) for name, off in PROCESSOR_FIELDS.items()):
+        return None  # the common case, decided without building anything
     gc = copy.deepcopy(config)
     gc.do_sample = False  # warpers are ours (each call's sampling settings)
     gc.guidance_scale = None
