@@ -18,25 +18,11 @@ tokens are checked against the autoregressive row's.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import time
 
 import torch
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-        with open("/proc/meminfo", encoding="utf-8") as f:
-            mem = int(next(line.split()[1] for line in f if line.startswith("MemTotal"))) / 2**20
-    except (OSError, StopIteration):
-        mem = float("nan")
-    return (f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads)")
+from common import GreedyRuns, machine, oasst_prompts
 
 
 def disk_bandwidth(plans, repeats: int = 3) -> tuple[float, bool]:
@@ -101,7 +87,6 @@ def main() -> None:
 
     from specexec import SpecExecEngine
     from specexec.drafts import default_draft
-    from specexec.experiments.datasets import prepare, resolve
     from specexec.models import load_model
 
     print(f"machine: {machine()}", flush=True)
@@ -138,38 +123,15 @@ def main() -> None:
         return
     draft, _ = default_draft(None, streamed)
     engine = SpecExecEngine(streamed.model, streamed.tokenizer, draft, draft_tokenizer=streamed.tokenizer)
-    has_template = bool(getattr(streamed.tokenizer, "chat_template", None))
-    prompts = []
-    for p in resolve("oasst").prompts[: args.prompts]:
-        text, chat = prepare(p, "auto", has_template)
-        prompts.append(engine.encode(text, chat=chat))
+    prompts = oasst_prompts(engine, args.prompts)
     print(f"end to end: {len(prompts)} oasst prompts, {args.max_new_tokens} new tokens, greedy", flush=True)
-    rows, reference = [], {}
-
-    def run(label, **kw):
-        with torch.inference_mode():
-            engine.generate(prompts[0], max_new_tokens=4, temperature=0.0, **kw)  # warm-up
-            tokens = passes = 0
-            seconds = 0.0
-            same = True
-            for i, ids in enumerate(prompts):
-                res = engine.generate(ids, max_new_tokens=args.max_new_tokens, temperature=0.0, **kw)
-                tokens += res.stats.new_tokens
-                passes += res.stats.target_passes
-                seconds += res.stats.seconds
-                if label == "autoregressive":
-                    reference[i] = res.token_ids
-                else:
-                    same &= res.token_ids == reference.get(i)
-        rows.append((label, tokens / seconds, tokens / passes, seconds / passes, same))
-        print(f"  {label:<22} {tokens / seconds:6.2f} tok/s  {tokens / passes:5.2f} tok/pass  "
-              f"{seconds / passes:5.2f} s/iteration  same tokens as autoregressive: {same}", flush=True)
-
-    run("autoregressive", method="autoregressive")
+    runs = GreedyRuns(engine, prompts, args.max_new_tokens)
+    runs.run("autoregressive", method="autoregressive")
     for b in [int(x) for x in args.budgets.split(",")]:
-        run(f"SpecExec budget {b}", method="specexec", max_budget=b, max_n_beams=args.max_n_beams,
-            max_branch_width=args.max_branch_width, max_beam_len=args.max_beam_len)
-    run("SpecInfer 8 x 8", method="specinfer", max_n_beams=8, max_beam_len=8)
+        runs.run(f"SpecExec budget {b}", method="specexec", max_budget=b, max_n_beams=args.max_n_beams,
+                 max_branch_width=args.max_branch_width, max_beam_len=args.max_beam_len)
+    runs.run("SpecInfer 8 x 8", method="specinfer", max_n_beams=8, max_beam_len=8)
+    rows = [(r.label, r.tokens_per_second, r.tokens_per_pass, r.seconds_per_pass, r.same) for r in runs.rows]
     base = rows[0][1]
     print("\n| method (target streamed from disk) | tokens/s | vs autoregressive | tokens per target pass | "
           "seconds per iteration | same tokens as autoregressive |")

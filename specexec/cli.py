@@ -16,6 +16,7 @@ COMMANDS = {
     "distill": "specexec.commands.distill",
     "bench": "specexec.commands.bench",
     "plot": "specexec.commands.plot",
+    "profile": "specexec.commands.profile",
 }
 
 

@@ -15,6 +15,7 @@ METHODS = ("specexec", "specinfer", "chain", "autoregressive")
 # (and at such a temperature sampling is greedy anyway, up to exact ties).
 MIN_TEMPERATURE = 1e-30
 SEED_RANGE = (0, 2**64 - 1)  # what torch.Generator.manual_seed takes
+AUTO = "auto"  # max_budget chosen per pass for the hardware (specexec.budget)
 
 
 def _number(value) -> bool:
@@ -50,14 +51,17 @@ class GenerationConfig:
     ``max_beam_len`` draft passes (the depth cap), ``max_n_beams`` nodes expanded per draft
     pass, ``max_branch_width`` children considered per expanded node, ``min_log_prob`` the
     lowest cumulative draft log-probability a node may have, ``decay`` a per-level factor
-    on the cumulative probability (1.0 = none). For SpecInfer ``max_n_beams`` chains of
+    on the cumulative probability (1.0 = none). ``max_budget="auto"`` chooses the budget and
+    the depth cap (up to ``max_beam_len``) before every pass, from the measured cost of
+    passes on this machine and the trees accepted so far (:mod:`specexec.budget`); it may
+    choose no tree at all (an autoregressive step). For SpecInfer ``max_n_beams`` chains of
     ``max_beam_len`` tokens are sampled; ``chain`` is one chain of ``max_beam_len`` tokens.
     """
 
     method: str = "specexec"
     max_new_tokens: int = 64
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    max_budget: int = 64
+    max_budget: int | str = "auto"  # or a fixed number of draft tokens per tree
     max_beam_len: int = 16
     max_n_beams: int = 16
     max_branch_width: int = 16
@@ -72,8 +76,11 @@ class GenerationConfig:
             raise ConfigError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
         for name in ("max_new_tokens", "max_budget", "max_beam_len", "max_n_beams", "max_branch_width"):
             value = getattr(self, name)
+            if name == "max_budget" and value == AUTO:
+                continue
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+                also = " or 'auto'" if name == "max_budget" else ""
+                raise ConfigError(f"{name} must be a positive integer{also}, got {value!r}")
         if self.min_log_prob is not None:
             if (not isinstance(self.min_log_prob, (int, float)) or isinstance(self.min_log_prob, bool)
                     or math.isnan(self.min_log_prob) or self.min_log_prob > 0):
@@ -88,8 +95,27 @@ class GenerationConfig:
         if not isinstance(self.sampling, SamplingConfig):
             raise ConfigError("sampling must be a SamplingConfig")
 
+    @property
+    def auto_budget(self) -> bool:
+        return self.max_budget == AUTO
+
     def with_(self, **changes) -> "GenerationConfig":
         """A copy with some fields changed; sampling fields may be given flat."""
         sampling_changes = {k: changes.pop(k) for k in ("temperature", "top_p", "top_k") if k in changes}
         sampling = replace(self.sampling, **sampling_changes) if sampling_changes else self.sampling
         return replace(self, sampling=sampling, **changes)
+
+
+def budget_value(text: str) -> int | str:
+    """A command-line budget: a positive integer or 'auto'."""
+    import argparse
+
+    if text.strip().lower() == AUTO:
+        return AUTO
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a budget is a positive integer or 'auto', not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"a budget is a positive integer or 'auto', not {text!r}")
+    return value

@@ -16,11 +16,12 @@ from typing import Iterator
 import torch
 
 from .acceptance import accept_follow, accept_rejection
+from .budget import MAX_AUTO_BUDGET, BudgetChooser, CostProfile, FixedBudget, load_or_measure
 from .config import GenerationConfig, SamplingConfig
 from .detokenize import TextAssembler
 from .errors import ConfigError, EngineBusyError, PromptError, UnsupportedModelError
 from .growth import DraftExpander, grow_chains, grow_specexec
-from .models import check_same_vocabulary, context_limit, eos_difference, eos_token_ids, load_model, truncated_copy
+from .models import cache_dir, check_same_vocabulary, context_limit, eos_difference, eos_token_ids, load_model, truncated_copy
 from .processors import apply_on_tree, build_processors, ignored_settings
 from .rope import length_switch
 from .runner import ModelRunner
@@ -133,6 +134,7 @@ class SpecExecEngine:
         self.max_context = context_limit(target) or 1 << 30
         self.length_switch = length_switch(target)
         self._tree: TokenTree | None = None
+        self._cost: CostProfile | None = None  # measured or read from the cache at the first "auto" budget
         self._busy = threading.Lock()  # one generation at a time: the caches hold one sequence
 
     @classmethod
@@ -238,6 +240,23 @@ class SpecExecEngine:
 
         return GenerationStream(chunks(), outcome, self._busy.release)
 
+    # ------------------------------------------------------------------ budgets
+    def cost_profile(self, refresh: bool = False) -> CostProfile:
+        """Seconds per target and draft pass against tokens per pass, here (cached in the user cache)."""
+        if self._cost is None or refresh:
+            self._cost, _, _ = load_or_measure(self.target_runner, self.draft_runner, cache_root=cache_dir(),
+                                               context_limit=self.max_context, refresh=refresh)
+        return self._cost
+
+    def use_cost_profile(self, profile: CostProfile) -> None:
+        """Decide ``auto`` budgets with this profile instead of measuring one (e.g. one made elsewhere)."""
+        self._cost = profile
+
+    def _planner(self, cfg: GenerationConfig):
+        if cfg.method == "specexec" and cfg.auto_budget and self.draft is not None:
+            return BudgetChooser(self.cost_profile(), max_depth=cfg.max_beam_len, max_n_beams=cfg.max_n_beams)
+        return FixedBudget(MAX_AUTO_BUDGET if cfg.auto_budget else cfg.max_budget, cfg.max_beam_len)
+
     # ------------------------------------------------------------------ loop
     MAX_TREE_MASK_BYTES = 1 << 32  # the ancestor mask is capacity^2 booleans
 
@@ -248,8 +267,9 @@ class SpecExecEngine:
         vocab = self.target_runner.vocab_size
         depth = min(cfg.max_beam_len, cfg.max_new_tokens)
         if cfg.method == "specexec":
-            per_pass = min(cfg.max_n_beams, cfg.max_budget) * min(cfg.max_branch_width, vocab)
-            reach = min(cfg.max_budget, depth * per_pass)
+            budget = MAX_AUTO_BUDGET if cfg.auto_budget else cfg.max_budget
+            per_pass = min(cfg.max_n_beams, budget) * min(cfg.max_branch_width, vocab)
+            reach = min(budget, depth * per_pass)
             capacity = 2 * reach + 2  # kept nodes plus one pass's admitted candidates before the trim
         else:
             chains = 1 if cfg.method == "chain" else min(cfg.max_n_beams, vocab)
@@ -306,6 +326,7 @@ class SpecExecEngine:
             self._tree = TokenTree(seq[-1], tree_capacity, device)
         tree = self._tree
 
+        planner = self._planner(cfg)
         processors = build_processors(self.target, len(prompt_ids), cfg.max_new_tokens, self.eos_ids)
         switch = self.length_switch
         cache_scheme = None  # rotary frequency set the target's cache was written with (length switches)
@@ -328,7 +349,8 @@ class SpecExecEngine:
             if room <= 0:
                 stats.stop_reason = "context"
                 break
-            max_depth = max(0, min(cfg.max_beam_len, remaining - 1, room - 1))
+            plan = planner.choose()
+            max_depth = max(0, min(plan.depth, remaining - 1, room - 1)) if plan.budget else 0
             if switch and switch.depth_cap(length) is not None:
                 max_depth = min(max_depth, switch.depth_cap(length))
             tree.reset(seq[-1])
@@ -341,7 +363,7 @@ class SpecExecEngine:
                 tree.expanded[0] = True
                 expander = DraftExpander(draft, tree, root_pos=length - 1)
                 if cfg.method == "specexec":
-                    grow_specexec(expander, logits[-1], cfg, max_depth)
+                    grow_specexec(expander, logits[-1], cfg, max_depth, budget=plan.budget)
                 else:
                     chains = 1 if cfg.method == "chain" else cfg.max_n_beams
                     q_at = grow_chains(expander, logits[-1], chains, max_depth, draft_sampling, generator)
@@ -363,6 +385,7 @@ class SpecExecEngine:
                 path, extra = accept_follow(tree, logits, sampling, generator)
             else:
                 path, extra = accept_rejection(tree, logits, q_at, sampling, generator)
+            planner.observe(tree, path, max_depth)
             target.commit(torch.cat([torch.arange(base, base + tail, device=device), base + tail + path]))
             new = tree.tokens[path[1:]].tolist() + [extra]
             if draft is not None and max_depth > 0:
@@ -377,6 +400,8 @@ class SpecExecEngine:
             stats.target_seconds += t_end - t_mid
             stats.iteration_seconds.append(t_end - it_start)
             stats.tree_sizes.append(n - 1)
+            if cfg.method == "specexec":
+                stats.budgets.append(plan.budget if max_depth else 0)
             stats.tree_depths.append(int(tree.depth[:n].max()))
             stats.min_log_probs.append(float(tree.logp[1:n].min()) if n > 1 else 0.0)
             if stats.target_passes == 1:

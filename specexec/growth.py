@@ -62,16 +62,18 @@ def grow_specexec(
     cfg: GenerationConfig,
     max_depth: int,
     vocab_limit: int | None = None,
+    budget: int | None = None,
 ) -> None:
     """Best-first growth of ``expander.tree`` from the draft's logits at the root.
 
     Each step expands up to ``max_n_beams`` unexpanded nodes of highest score, proposes
     each one's ``max_branch_width`` most likely children, and keeps the children whose
     score is among the ``max_budget`` best of the tree plus candidates (and >= min_log_prob).
-    At most ``max_depth`` draft passes (the root's included); the tree is trimmed to the budget.
+    At most ``max_depth`` draft passes (the root's included); the tree is trimmed to the budget
+    (``budget``, or the configuration's).
     """
     tree = expander.tree
-    budget = cfg.max_budget
+    budget = cfg.max_budget if budget is None else budget
     temperature = cfg.draft_temperature if cfg.draft_temperature is not None and cfg.draft_temperature >= MIN_TEMPERATURE else 1.0
     log_decay = math.log(cfg.decay)
     floor = -math.inf if cfg.min_log_prob is None else cfg.min_log_prob

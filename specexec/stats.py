@@ -21,6 +21,7 @@ class GenerationStats:
     accepted_per_pass: list[int] = field(default_factory=list)
     tree_sizes: list[int] = field(default_factory=list)  # draft tokens per tree (root excluded)
     tree_depths: list[int] = field(default_factory=list)
+    budgets: list[int] = field(default_factory=list)  # budget of each pass's tree (0: no tree was drafted)
     min_log_probs: list[float] = field(default_factory=list)
     iteration_seconds: list[float] = field(default_factory=list)
     stop_reason: str = ""

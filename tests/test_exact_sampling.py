@@ -63,13 +63,15 @@ def chi_square_pvalue(counts, expected_probs, n):
     return chisquare(obs, exp).pvalue
 
 
-def draw(engine, method, sampling, n=N):
+def draw(engine, method, sampling, n=N, tree=TREE, budgets=None):
     counts = {}
     for seed in range(n):
         res = engine.generate(PROMPT, method=method, max_new_tokens=3, temperature=sampling.temperature,
-                              top_p=sampling.top_p, seed=seed, **TREE)
+                              top_p=sampling.top_p, seed=seed, **tree)
         seq = tuple(res.token_ids)
         counts[seq] = counts.get(seq, 0) + 1
+        if budgets is not None:
+            budgets.update(res.stats.budgets)
     return counts
 
 
@@ -85,6 +87,22 @@ def test_first_three_tokens_follow_the_target(models, method, sampling):
     counts = draw(engine, method, sampling)
     pvalue = chi_square_pvalue(counts, expected, N)
     assert pvalue > ALPHA, f"{method} {sampling}: chi-square p = {pvalue:.2e}"
+
+
+@pytest.mark.parametrize("sampling", SETTINGS[1::2], ids=lambda s: f"T{s.temperature}-p{s.top_p}")
+def test_auto_budget_follows_the_target(models, sampling):
+    """Budgets chosen pass by pass from what was accepted keep the target's distribution."""
+    from specexec.budget import CostProfile
+
+    target, draft = models
+    engine = SpecExecEngine(target, None, draft)
+    # trees cost little next to a target pass: auto drafts, and its choice moves with each acceptance
+    engine.use_cost_profile(CostProfile(target={1: 1.0, 4: 1.02, 16: 1.1}, draft={1: 0.01, 16: 0.02}))
+    budgets = set()
+    counts = draw(engine, "specexec", sampling, tree=dict(TREE, max_budget="auto"), budgets=budgets)
+    assert len(budgets) >= 3, budgets  # the trees did change
+    pvalue = chi_square_pvalue(counts, exact_distribution(target, sampling), N)
+    assert pvalue > ALPHA, f"auto {sampling}: chi-square p = {pvalue:.2e}"
 
 
 def test_draft_differs_from_target(models):

@@ -196,3 +196,25 @@ def test_a_prompt_too_long_is_skipped_and_the_run_goes_on(tiny, tmp_path):
     assert [r["prompt_id"] for r in records if r["msg_type"] == "skip"] == [0]
     assert [r["prompt_id"] for r in records if r["msg_type"] == "test"] == [1]
     assert [r["tests"] for r in records if r["msg_type"] == "summary"] == [1]
+
+
+def test_auto_budget_beside_fixed_budgets_and_the_baseline(tiny, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SPECEXEC_CACHE", str(tmp_path / "cache"))
+    rc = run_exp(tiny, tmp_path, "--zero", "-g", "SpecExecBase", "--max_budget", "4, auto", "-b", "4", "-m", "3",
+                 "--n_tests=2", "--exp_name=auto", "--temperature", "0")
+    assert rc == 0
+    out = capsys.readouterr().out
+    records = read_jsonl(tmp_path / "auto" / "results.jsonl")
+    summaries = [r for r in records if r["msg_type"] == "summary"]
+    assert [s["budget"] for s in summaries] == [None, 4, "auto"]
+    tests = {(t["config"], t["prompt_id"]): t for t in records if t["msg_type"] == "test"}
+    for (config, prompt), t in tests.items():  # greedy: every configuration gives the baseline's tokens
+        assert t["token_ids"] == tests[("AR", prompt)]["token_ids"]
+        assert len(t["budgets"]) == (t["target_passes"] if t["method"] == "specexec" else 0)
+    auto = summaries[2]
+    chosen = [b for t in tests.values() if t["max_budget"] == "auto" for b in t["budgets"]]
+    top = max(set(chosen), key=chosen.count)
+    assert auto["chosen"].startswith(f"{'AR' if top == 0 else top} {100 * chosen.count(top) / len(chosen):.0f}%")
+    csv = pd.read_csv(tmp_path / "auto" / "summary.csv")
+    assert list(csv["budget"].fillna("-")) == ["-", "4", "auto"] and "chosen" in csv.columns
+    assert "auto" in out and (tmp_path / "cache" / "profiles").is_dir()

@@ -111,7 +111,7 @@ def test_sampling_with_a_seed_equals_engine(client, engine):
 def test_our_fields_through_the_body(client, engine):
     want = engine.generate("A list of fruits:", max_new_tokens=16)
     for extra in ({"method": "autoregressive"}, {"method": "specinfer", "max_n_beams": 4, "max_beam_len": 4},
-                  {"max_budget": 8, "top_k": 5, "max_branch_width": 4, "decay": 0.9}):
+                  {"max_budget": 8, "top_k": 5, "max_branch_width": 4, "decay": 0.9}, {"max_budget": "auto"}):
         got = client.completions.create(model=MODEL, prompt="A list of fruits:", max_tokens=16, extra_body=extra)
         assert got.choices[0].text == want.text, extra  # greedy: every method gives the target's text
         assert got.model_extra["specexec"]["method"] == extra.get("method", "specexec")
@@ -168,6 +168,8 @@ BAD_CHAT = [
     ({"method": "beam"}, "method"),
     ({"max_budget": 0}, "max_budget"),
     ({"max_budget": 10**6}, "max_budget"),
+    ({"max_budget": "automatic"}, "max_budget"),
+    ({"max_budget": "16"}, "max_budget"),
     ({"decay": 0}, "decay"),
     ({"min_log_prob": 1.0}, "min_log_prob"),
     ({"logprobs": True}, "logprobs"),

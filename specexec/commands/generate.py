@@ -30,7 +30,7 @@ def add_offload_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_decoding_arguments(p: argparse.ArgumentParser) -> None:
     """The decoding flags; their defaults are GenerationConfig's, shared with the API, chat and serve."""
-    from ..config import METHODS, GenerationConfig
+    from ..config import METHODS, GenerationConfig, budget_value
 
     d = GenerationConfig()
     p.add_argument("--method", default=d.method, choices=METHODS, help="default: %(default)s")
@@ -38,8 +38,9 @@ def add_decoding_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=d.sampling.temperature, help="0 = greedy (default: %(default)s)")
     p.add_argument("--top-p", type=float, default=d.sampling.top_p, help="default: %(default)s")
     p.add_argument("--top-k", type=int, default=d.sampling.top_k, help="0 = off (default: %(default)s)")
-    p.add_argument("--budget", "--max-budget", dest="budget", type=int, default=d.max_budget,
-                   help="SpecExec: draft tokens per tree (default: %(default)s)")
+    p.add_argument("--budget", "--max-budget", dest="budget", type=budget_value, default=d.max_budget,
+                   help="SpecExec: draft tokens per tree, or 'auto': chosen before every pass for this machine "
+                        "from measured pass costs and the trees accepted so far (default: %(default)s)")
     p.add_argument("--max-beam-len", type=int, default=d.max_beam_len,
                    help="depth cap (draft passes); chain length (default: %(default)s)")
     p.add_argument("--max-n-beams", type=int, default=d.max_n_beams,
@@ -144,5 +145,7 @@ def stats_report(s) -> str:
         f"verifying {s.target_seconds:.2f} s (target forward {s.target_forward_seconds:.2f} s); "
         f"outside forward passes {100 * s.overhead_share:.1f}%",
         f"draft passes {s.draft_passes}; mean tree size {s.mean('tree_sizes'):.1f}, mean depth {s.mean('tree_depths'):.1f}",
+        *(["budgets of the passes' trees (0: no tree): "
+           + ", ".join(f"{k}: {n}x" for k, n in sorted(Counter(s.budgets).items()))] if s.budgets else []),
         "tokens accepted per target pass: " + ", ".join(f"{k}: {hist[k]}x" for k in sorted(hist)),
     ])

@@ -10,7 +10,7 @@ import itertools
 import math
 from dataclasses import dataclass
 
-from ..config import GenerationConfig, SamplingConfig
+from ..config import AUTO, GenerationConfig, SamplingConfig
 from ..errors import ConfigError
 
 # the paper's generator class names (and their aliases) -> our methods
@@ -80,7 +80,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
           help="nodes expanded per draft pass; SpecInfer chains (default 128; sweeps)")
     _flag(d, "-m", "--max_beam_len", default=DEFAULTS["max_beam_len"],
           help="depth cap (draft passes); chain length (default 32; sweeps)")
-    _flag(d, "--max_budget", default=DEFAULTS["max_budget"], help="SpecExec: draft tokens per tree (default 128; sweeps)")
+    _flag(d, "--max_budget", default=DEFAULTS["max_budget"], help="SpecExec: draft tokens per tree, or 'auto' (chosen per pass for this machine; "
+          "docs/budget.md) (default 128; sweeps)")
     _flag(d, "--max_branch_width", default=DEFAULTS["max_branch_width"],
           help="SpecExec: children considered per node (default 32; sweeps)")
     _flag(d, "--min_log_prob", default=DEFAULTS["min_log_prob"],
@@ -97,6 +98,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     _flag(o, "--loglevel", default="INFO", help="console log level (default INFO)")
     _flag(o, "--no_progress", action="store_true", help="no progress bar")
     _flag(o, "--no_plot", action="store_true", help="do not draw the plot at the end")
+
+
+def budget_item(text: str) -> int | str:
+    """One --max_budget item: an integer or 'auto'."""
+    return AUTO if text.lower() == AUTO else int(text)
 
 
 def parse_sweep(value, flag: str, kind=int) -> list:
@@ -116,7 +122,7 @@ def parse_sweep(value, flag: str, kind=int) -> list:
             try:
                 v = kind(s)
             except ValueError:
-                what = "an integer" if kind is int else "a number"
+                what = {int: "an integer", float: "a number"}.get(kind, "an integer or 'auto'")
                 raise ConfigError(f"{flag}: {s!r} is not {what} (in {value!r})") from None
             if kind is float and math.isnan(v):
                 raise ConfigError(f"{flag}: {s!r} is not a number")
@@ -155,7 +161,7 @@ class RunConfig:
     method: str
     max_n_beams: int | None
     max_beam_len: int | None
-    max_budget: int | None
+    max_budget: int | str | None
     min_log_prob: float | None
     max_branch_width: int | None
     generation: GenerationConfig
@@ -190,8 +196,8 @@ def build_configs(args) -> list[RunConfig]:
         sampling = SamplingConfig(temperature=args.temperature, top_p=args.top_p)
     except ConfigError as err:
         raise ConfigError(f"--temperature/--top_p: {err}") from None
-    sweeps = {name: parse_sweep(getattr(args, name), FLAG_NAMES[name], float if name == "min_log_prob" else int)
-              for name in SWEEPS}
+    kinds = {"min_log_prob": float, "max_budget": budget_item}
+    sweeps = {name: parse_sweep(getattr(args, name), FLAG_NAMES[name], kinds.get(name, int)) for name in SWEEPS}
     for name, values in sweeps.items():
         if name != "min_log_prob" and None in values:  # 'None' for a size means its default
             values[:] = [v for v in values if v is not None] or [int(DEFAULTS[name])]

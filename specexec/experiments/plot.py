@@ -66,6 +66,10 @@ def plot_rows(rows: list[dict], path, title: str = "") -> Path:
                 for r in mine:
                     ax.axhline(_num(r[metric]), color="grey", linestyle="--", label=NAMES[method])
                 continue
+            for r in mine:  # auto budgets have no x: a level, as the baseline
+                if str(r.get("budget")) == "auto":
+                    ax.axhline(_num(r[metric]), color="tab:green", linestyle=":", label=f"{NAMES[method]} auto")
+            mine = [r for r in mine if str(r.get("budget")) != "auto"]
             for tag, group in _lines(method, mine).items():
                 pts = sorted((x_of(r), _num(r[metric])) for r in group if x_of(r) is not None)
                 if pts:

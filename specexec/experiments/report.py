@@ -12,6 +12,8 @@ Columns of the summary (the paper's, one row per configuration; sums run over th
   (prefill excluded); ``ttft``: mean seconds to the first token (prefill + first iteration)
 - ``mem_use``: peak accelerator memory in GiB (CUDA), else the process's peak resident memory
 - ``speedup``: gen_speed / the autoregressive baseline's gen_speed in the same run
+- ``chosen``: with ``--max_budget auto``, the budgets its passes used, most used first, with
+  their shares of the passes (``AR``: a pass with no tree)
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ import pandas as pd
 
 COLUMNS = ["method", "beams", "max_h", "budget", "minLP", "branch", "t0", "t1", "tree_h", "tree_size",
            "min_CLP", "exp_time", "gen_rate", "gen_speed", "mem_use"]
-EXTRA = ["ttft", "tests", "new_tokens"]
-INTEGER = ("beams", "max_h", "budget", "branch", "tests", "new_tokens")
+EXTRA = ["ttft", "tests", "new_tokens", "chosen"]
+INTEGER = ("beams", "max_h", "branch", "tests", "new_tokens")
 RENAMES = {"max_n_beams": "beams", "max_beam_len": "max_h", "max_budget": "budget", "min_log_prob": "minLP",
            "max_branch_width": "branch"}
 ROUNDING = {"t0": 4, "t1": 4, "tree_h": 1, "tree_size": 1, "min_CLP": 2, "exp_time": 2, "gen_rate": 2,
@@ -67,7 +69,7 @@ def test_record(config, prompt, result, chat: bool, mem_use: float, wall: float)
         "target_seconds": s.target_seconds, "draft_forward_seconds": s.draft_forward_seconds,
         "target_forward_seconds": s.target_forward_seconds, "stop_reason": s.stop_reason,
         "accepted_per_pass": s.accepted_per_pass, "tree_sizes": s.tree_sizes, "tree_depths": s.tree_depths,
-        "min_log_probs": s.min_log_probs, "iteration_seconds": s.iteration_seconds,
+        "min_log_probs": s.min_log_probs, "iteration_seconds": s.iteration_seconds, "budgets": s.budgets,
         "wall_seconds": wall, "mem_use": mem_use, "token_ids": result.token_ids, "text": result.text,
     }
 
@@ -104,7 +106,19 @@ def summarize(config_params: dict, tests: list[dict], exp_time: float, mem_use: 
         "ttft": _mean(t["first_token_seconds"] for t in tests),
         "tests": len(tests), "new_tokens": new,
     })
+    if config_params.get("max_budget") == "auto":
+        row["chosen"] = chosen_budgets([b for t in tests for b in t.get("budgets", [])])
     return row
+
+
+def chosen_budgets(budgets: list[int], top: int = 3) -> str:
+    """``"AR 60%, 64 30%, 128 10%"``: the most used budgets and their shares of the passes."""
+    from collections import Counter
+
+    if not budgets:
+        return "-"
+    counts = Counter(budgets).most_common(top)
+    return ", ".join(f"{'AR' if b == 0 else b} {100 * n / len(budgets):.0f}%" for b, n in counts)
 
 
 def add_speedup(rows: list[dict]) -> None:
@@ -123,12 +137,19 @@ def table(rows: list[dict]) -> pd.DataFrame:
     for col in df.columns:
         if col in INTEGER:
             df[col] = pd.to_numeric(df[col]).astype("Int64")  # None (no such knob) -> <NA>, shown as '-'
-        elif col != "method":
+        elif col == "budget":  # integers, 'auto', or None (no such knob)
+            df[col] = pd.Series([None if _missing(v) else (v if v == "auto" else int(v)) for v in df[col]],
+                                dtype=object, index=df.index)
+        elif col not in ("method", "chosen"):
             df[col] = pd.to_numeric(df[col])
     for col, digits in ROUNDING.items():
         if col in df.columns:
             df[col] = df[col].astype(float).round(digits)
     return df
+
+
+def _missing(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
 
 
 def jsonable_row(row: dict) -> dict:
@@ -141,6 +162,8 @@ def format_table(rows: list[dict]) -> str:
     for col in df.columns:
         if col in INTEGER:
             df[col] = [("-" if pd.isna(v) else str(int(v))) for v in df[col]]
+        elif col == "budget":
+            df[col] = ["-" if _missing(v) else str(v) for v in df[col]]
     with pd.option_context("display.width", 200, "display.max_columns", 40):
         return df.to_string(index=False, na_rep="-")
 

@@ -9,7 +9,7 @@ otherwise with a message saying so.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -77,7 +77,7 @@ class _Sampling(_Strict):
     # ours
     top_k: int | None = Field(default=None, ge=0)
     method: Literal[METHODS] | None = None  # type: ignore[valid-type]
-    max_budget: int | None = Field(default=None, ge=1, le=TREE_LIMITS["max_budget"])
+    max_budget: Annotated[int, Field(ge=1, le=TREE_LIMITS["max_budget"])] | Literal["auto"] | None = None
     max_beam_len: int | None = Field(default=None, ge=1, le=TREE_LIMITS["max_beam_len"])
     max_n_beams: int | None = Field(default=None, ge=1, le=TREE_LIMITS["max_n_beams"])
     max_branch_width: int | None = Field(default=None, ge=1, le=TREE_LIMITS["max_branch_width"])

@@ -1,0 +1,77 @@
+"""What the end-to-end benchmarks share: the machine's name, and greedy decoding of a prompt set
+timed side by side with every row checked against the autoregressive row's tokens."""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass
+
+import torch
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+        with open("/proc/meminfo", encoding="utf-8") as f:
+            mem = int(next(line.split()[1] for line in f if line.startswith("MemTotal"))) / 2**20
+    except (OSError, StopIteration):
+        mem = float("nan")
+    return (f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, torch {torch.__version__} "
+            f"({torch.get_num_threads()} threads)")
+
+
+def oasst_prompts(engine, n: int) -> list[list[int]]:
+    """The first ``n`` oasst prompts, in the target's chat template where it has one."""
+    from specexec.experiments.datasets import prepare, resolve
+
+    has_template = bool(getattr(engine.tokenizer, "chat_template", None))
+    out = []
+    for p in resolve("oasst").prompts[:n]:
+        text, chat = prepare(p, "auto", has_template)
+        out.append(engine.encode(text, chat=chat))
+    return out
+
+
+@dataclass
+class Row:
+    label: str
+    tokens_per_second: float
+    tokens_per_pass: float
+    seconds_per_pass: float
+    same: bool  # every prompt's tokens equal the autoregressive row's
+    budgets: list  # the budgets the passes used (auto)
+
+
+class GreedyRuns:
+    """Runs configurations over the same prompts; the first run is the reference (autoregressive)."""
+
+    def __init__(self, engine, prompts: list[list[int]], max_new_tokens: int):
+        self.engine, self.prompts, self.max_new_tokens = engine, prompts, max_new_tokens
+        self.reference: dict[int, list[int]] = {}
+        self.rows: list[Row] = []
+
+    def run(self, label: str, **settings) -> Row:
+        engine = self.engine
+        with torch.inference_mode():
+            engine.generate(self.prompts[0], max_new_tokens=4, temperature=0.0, **settings)  # warm-up
+            tokens = passes = 0
+            seconds = 0.0
+            same, budgets = True, []
+            for i, ids in enumerate(self.prompts):
+                res = engine.generate(ids, max_new_tokens=self.max_new_tokens, temperature=0.0, **settings)
+                tokens += res.stats.new_tokens
+                passes += res.stats.target_passes
+                seconds += res.stats.seconds
+                budgets += res.stats.budgets
+                if not self.reference.get(i):
+                    self.reference[i] = res.token_ids
+                else:
+                    same &= res.token_ids == self.reference[i]
+        row = Row(label, tokens / seconds, tokens / passes, seconds / passes, same, budgets)
+        self.rows.append(row)
+        print(f"  {label:<24} {row.tokens_per_second:7.2f} tok/s  {row.tokens_per_pass:5.2f} tok/pass  "
+              f"{row.seconds_per_pass:6.3f} s/iteration  same tokens as the first row: {same}", flush=True)
+        return row
