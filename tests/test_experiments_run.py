@@ -70,6 +70,8 @@ def check_consistent(exp_dir: Path, n_configs: int, n_tests: int) -> tuple[list[
             assert math.isclose(s[key], value, rel_tol=1e-9), key
             assert math.isclose(csv[key][i], value, rel_tol=0, abs_tol=0.06 + 1e-3 * value), key
         assert s["new_tokens"] == new and s["exp_time"] >= secs and s["mem_use"] > 0
+        drafted = [a - 1 for t in mine for a in t["accepted_per_pass"]]
+        assert s["reach"] == [sum(a >= k for a in drafted) / len(drafted) for k in range(1, max(drafted) + 1)]
         if s["method"] == "specexec":
             assert max(sizes) <= s["budget"]
     return summaries, csv
@@ -218,3 +220,14 @@ def test_auto_budget_beside_fixed_budgets_and_the_baseline(tiny, tmp_path, monke
     csv = pd.read_csv(tmp_path / "auto" / "summary.csv")
     assert list(csv["budget"].fillna("-")) == ["-", "4", "auto"] and "chosen" in csv.columns
     assert "auto" in out and (tmp_path / "cache" / "profiles").is_dir()
+
+
+def test_acceptance_by_depth_plot(tmp_path):
+    from specexec.experiments.plot import plot_acceptance
+
+    rows = [{"method": "autoregressive", "reach": []},
+            {"method": "specexec", "config": "SX B16", "reach": [0.8, 0.5, 0.1]},
+            {"method": "specinfer", "config": "SI b4 h4", "reach": [0.6]}]
+    out = plot_acceptance(rows, tmp_path / "acceptance.png", title="t")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert plot_acceptance(rows[:1], tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()

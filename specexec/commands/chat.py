@@ -155,6 +155,10 @@ def run(args) -> int:
     engine = SpecExecEngine.from_pretrained(args.target, draft, dtype=args.dtype, device=args.device, config=cfg)
     if engine.tokenizer is None or not getattr(engine.tokenizer, "chat_template", None):
         raise ConfigError(f"{args.target!r} has no chat template; use `specexec generate` for plain text")
+    if cfg.auto_budget and cfg.method == "specexec" and engine.draft is not None:
+        print("specexec chat: timing forward passes for --budget auto (once per setting, then cached)...",
+              file=sys.stderr, flush=True)
+        engine.cost_profile()
     session = ChatSession(engine, cfg, args.system)
     print(f"specexec chat ({cfg.method}): {COMMANDS_HELP}", flush=True)
     while True:

@@ -63,7 +63,10 @@ def run(args) -> int:
     server: uvicorn.Server | None = None
 
     def load():
-        return SpecExecEngine.from_pretrained(args.target, draft, dtype=args.dtype, device=args.device, config=cfg)
+        engine = SpecExecEngine.from_pretrained(args.target, draft, dtype=args.dtype, device=args.device, config=cfg)
+        if cfg.auto_budget and cfg.method == "specexec" and engine.draft is not None:
+            engine.cost_profile()  # measured (or read) before the first request, not during it
+        return engine
 
     def failed(message: str):
         failure.append(message)

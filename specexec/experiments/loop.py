@@ -284,10 +284,13 @@ def _finish(args, rows, out, status, hardware) -> None:
              "about the same for one token as for a tree, see docs/offload.md)")
     if not args.no_plot:
         try:
-            from .plot import plot_rows
+            from .plot import plot_acceptance, plot_rows
 
             plot_rows(rows, out.plot_path, title=args.exp_name)
             _say(f"plot: {out.plot_path}")
+            accepted = plot_acceptance(rows, out.dir / "acceptance.png", title=f"{args.exp_name}: acceptance by depth")
+            if accepted:
+                _say(f"acceptance by depth: {accepted}")
         except Exception as err:  # noqa: BLE001 - a failed plot must not hide the results
             log.warning(f"could not draw the plot: {err}")
     _say(f"logs: {out.log_path}, {out.jsonl_path}, {out.csv_path}")

@@ -90,6 +90,34 @@ def plot_rows(rows: list[dict], path, title: str = "") -> Path:
     return path
 
 
+def plot_acceptance(rows: list[dict], path, title: str = "") -> Path | None:
+    """Acceptance by depth: per configuration, the share of passes that accepted >= k draft tokens."""
+    rows = [r for r in rows if r.get("method") != "autoregressive" and r.get("reach")]
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for r in rows:
+        reach = list(r["reach"])
+        ax.plot(range(1, len(reach) + 1), reach, marker="o", markersize=3, label=r.get("config") or r.get("method"))
+    ax.set_xlabel("depth k (draft tokens accepted in one pass)")
+    ax.set_ylabel("share of target passes accepting >= k")
+    ax.set_ylim(0, 1.02)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def rows_of(exp_dir) -> list[dict]:
     """The summary rows of an experiment folder (summary.csv, else the JSONL's summary records)."""
     exp_dir = Path(exp_dir)

@@ -12,6 +12,8 @@ Columns of the summary (the paper's, one row per configuration; sums run over th
   (prefill excluded); ``ttft``: mean seconds to the first token (prefill + first iteration)
 - ``mem_use``: peak accelerator memory in GiB (CUDA), else the process's peak resident memory
 - ``speedup``: gen_speed / the autoregressive baseline's gen_speed in the same run
+- ``reach`` (JSONL only; the acceptance plot): the share of target passes that accepted at least
+  k draft tokens, for k = 1, 2, ...
 - ``chosen``: with ``--max_budget auto``, the budgets its passes used, most used first, with
   their shares of the passes (``AR``: a pass with no tree)
 """
@@ -106,6 +108,9 @@ def summarize(config_params: dict, tests: list[dict], exp_time: float, mem_use: 
         "ttft": _mean(t["first_token_seconds"] for t in tests),
         "tests": len(tests), "new_tokens": new,
     })
+    drafted = [a - 1 for t in tests for a in t["accepted_per_pass"]]  # accepted draft tokens per pass
+    deepest = max(drafted, default=0)
+    row["reach"] = [sum(a >= k for a in drafted) / len(drafted) for k in range(1, deepest + 1)]
     if config_params.get("max_budget") == "auto":
         row["chosen"] = chosen_budgets([b for t in tests for b in t.get("budgets", [])])
     return row
