@@ -17,6 +17,7 @@ COMMANDS = {
     "bench": "specexec.commands.bench",
     "plot": "specexec.commands.plot",
     "profile": "specexec.commands.profile",
+    "viz": "specexec.commands.viz",
 }
 
 

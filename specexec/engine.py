@@ -135,6 +135,8 @@ class SpecExecEngine:
         self.length_switch = length_switch(target)
         self._tree: TokenTree | None = None
         self._cost: CostProfile | None = None  # measured or read from the cache at the first "auto" budget
+        # callables(pass index, tree, accepted node indices, the target's own token) after each verification
+        self.tree_watchers: list = []
         self._busy = threading.Lock()  # one generation at a time: the caches hold one sequence
 
     @classmethod
@@ -386,6 +388,8 @@ class SpecExecEngine:
             else:
                 path, extra = accept_rejection(tree, logits, q_at, sampling, generator)
             planner.observe(tree, path, max_depth)
+            for watch in self.tree_watchers:  # e.g. specexec.viz.TreeSnapshot
+                watch(stats.target_passes, tree, path, extra)
             target.commit(torch.cat([torch.arange(base, base + tail, device=device), base + tail + path]))
             new = tree.tokens[path[1:]].tolist() + [extra]
             if draft is not None and max_depth > 0:
