@@ -14,7 +14,7 @@ from specexec import GenerationConfig, SpecExecEngine
 
 from serve_helpers import REPO, save_tiny_chat_model
 
-SYSTEM, TOKENS = "Be brief.", 120
+SYSTEM, TOKENS, BUDGET = "Be brief.", 120, 16  # a fixed budget: every reply drafts trees (/stats shows them)
 
 
 @pytest.fixture(scope="module")
@@ -28,10 +28,12 @@ def reference(engine, messages) -> str:
 
 
 def test_chat_session(folder, tmp_path):
-    engine = SpecExecEngine.from_pretrained(str(folder), "truncated:1", config=GenerationConfig(max_new_tokens=TOKENS))
+    engine = SpecExecEngine.from_pretrained(str(folder), "truncated:1",
+                                            config=GenerationConfig(max_new_tokens=TOKENS, max_budget=BUDGET))
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", PYTHONPATH=str(REPO))
     child = pexpect.spawn(sys.executable, ["-m", "specexec", "chat", "--target", str(folder), "--draft", "truncated:1",
-                                           "--max-new-tokens", str(TOKENS), "--system", SYSTEM],
+                                           "--max-new-tokens", str(TOKENS), "--budget", str(BUDGET),
+                                           "--system", SYSTEM],
                           cwd=str(REPO), env=env, encoding="utf-8", timeout=90, dimensions=(50, 2000))
     try:
         child.expect_exact("you> ")

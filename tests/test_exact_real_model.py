@@ -12,11 +12,12 @@ Two sizes of the same matrix:
 - ``SPECEXEC_FULL_MATRIX=1``: every (draft, method, budget 16 / 128) cell on all 21 prompts;
   budgets 1 and 1024 on 3 prompts (one per set) for every method with the target as draft
   and for SpecExec with the truncated draft. 44 minutes on 2 CPU cores (docs/exactness.md).
-- the default (the README's test command), sized for the suite's 20 minutes: SpecExec with
-  the target as draft on all 21 prompts; SpecInfer and chain with the target as draft on 9
-  prompts per budget (3 per set, different prompts at each budget, 18 of the 21 in all);
-  every method with the truncated draft on 2 prompts per budget (12 different prompts across
-  the six cells, each cell from two sets); SpecExec at budgets 1 and 1024 on 3 prompts.
+- the default (the README's test command), sized for the suite's time limit: SpecExec with
+  the target as draft on 6 prompts per budget (2 per set, different prompts at each budget,
+  12 of the 21 in all); SpecInfer and chain with the target as draft on 6 prompts per budget
+  (2 per set, again different at each budget); every method with the truncated draft on one
+  prompt per budget (a different prompt and set in each of the six cells); SpecExec at budgets
+  1 and 1024 on 3 prompts. Greedy references are computed only for the prompts used.
 
 Tree shapes. SpecExec: ``max_budget`` B, 16 beams, branch width 16. SpecInfer: B=16 is 4
 chains x 4 tokens, B=128 is 8 x 16 (the truncated draft: 32 x 4), B=1024 is 32 x 32. Chain:
@@ -56,15 +57,14 @@ def settings(draft, method, budget):
 
 def sample(cases, draft, method, budget):
     """The prompts a (draft, method, budget) cell runs on."""
-    if FULL or (draft, method) == ("self", "specexec"):
+    if FULL:
         return cases
-    if draft == "self":  # 3 per set, prompts 0-2 of each set at budget 16 and 3-5 at 128
-        first = 0 if budget == 16 else 3
-        return [c for i, c in enumerate(cases) if first <= i % PER_SET < first + 3]
-    # truncated draft: 2 prompts per cell, a different pair in each cell
+    if draft == "self":  # 2 per set: prompts 0-1 of each set at budget 16, 2-3 at 128 (SpecExec: 4-5, 6 and 0)
+        offset = {"specexec": 4, "specinfer": 0, "chain": 0}[method] + (0 if budget == 16 else 2)
+        return [c for i, c in enumerate(cases) if (i % PER_SET - offset) % PER_SET < 2]
+    # truncated draft: one prompt per cell, a different set and prompt in each cell
     cell = ["specexec", "specinfer", "chain"].index(method) * 2 + (budget == 128)
-    picks = [(3 * cell) % len(cases), (3 * cell + 10) % len(cases)]
-    return [cases[i] for i in picks]
+    return [cases[(cell % 3) * PER_SET + cell]]
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,19 @@ def cases(embedded):
             ids = tok(text)["input_ids"][:PROMPT_TOKENS]
             prompts.append((f"{name}-{pid}", ids))
     eos = SpecExecEngine(target, tok).eos_ids
-    return [(label, ids, greedy_reference(target, ids, NEW_TOKENS, eos)) for label, ids in prompts]
+    return [Case(label, ids, target, eos) for label, ids in prompts]
+
+
+class Case:
+    """A prompt and, computed at first use, the target's own greedy continuation."""
+
+    def __init__(self, label, ids, target, eos):
+        self.label, self.ids, self._target, self._eos, self._want = label, ids, target, eos, None
+
+    def __iter__(self):  # label, ids, reference
+        if self._want is None:
+            self._want = greedy_reference(self._target, self.ids, NEW_TOKENS, self._eos)
+        return iter((self.label, self.ids, self._want))
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +124,7 @@ def tree_limit(shape, method):
 @pytest.mark.parametrize("draft", ["self", "truncated"])
 def test_greedy_exact(embedded, drafts, cases, draft, method, budget):
     chosen = sample(cases, draft, method, budget)
-    assert len(chosen) >= (20 if FULL or (draft, method) == ("self", "specexec") else 2)
+    assert len(chosen) >= (20 if FULL else 1 if draft == "truncated" else 6)
     check(embedded, drafts, chosen, draft, method, budget)
 
 
@@ -128,19 +140,21 @@ def test_greedy_exact_at_extreme_budgets(embedded, drafts, cases, draft, method,
 
 
 def test_default_sample_spreads_over_the_prompt_sets():
-    """Every cell of the sample draws from at least two prompt sets; the cells of one draft
-    together use 18 (self) and 12 (truncated) different prompts."""
+    """With the target as draft every cell draws from all three sets and the cells together cover
+    all 21 prompts; the truncated draft's six cells use six prompts, two of each set."""
     fake = [(f"{name}-{i}", [i], []) for name in ("oasst", "c4", "wikitext") for i in range(PER_SET)]
-    for draft, want in (("self", 21 if FULL else 18), ("truncated", 21 if FULL else 12)):
-        # SpecExec with the target as draft runs on every prompt: not a sample
-        methods = ("specinfer", "chain") if draft == "self" else ("specexec", "specinfer", "chain")
-        seen = set()
-        for method in methods:
+    seen = {"self": [], "truncated": []}
+    for draft in seen:
+        for method in ("specexec", "specinfer", "chain"):
             for budget in (16, 128):
                 chosen = sample(fake, draft, method, budget)
-                assert len({label.split("-")[0] for label, _, _ in chosen}) >= 2
-                seen.update(label for label, _, _ in chosen)
-        assert len(seen) == want, (draft, sorted(seen))
+                sets = {label.split("-")[0] for label, _, _ in chosen}
+                assert len(sets) == (3 if draft == "self" or FULL else 1)
+                seen[draft] += [label for label, _, _ in chosen]
+    assert len(set(seen["self"])) == 21
+    if not FULL:
+        truncated = seen["truncated"]
+        assert len(set(truncated)) == 6 and sorted(label.split("-")[0] for label in truncated).count("c4") == 2
 
 
 def test_self_draft_accepts_long_paths(embedded, drafts, cases):

@@ -89,7 +89,7 @@ def test_first_three_tokens_follow_the_target(models, method, sampling):
     assert pvalue > ALPHA, f"{method} {sampling}: chi-square p = {pvalue:.2e}"
 
 
-@pytest.mark.parametrize("sampling", SETTINGS[1::2], ids=lambda s: f"T{s.temperature}-p{s.top_p}")
+@pytest.mark.parametrize("sampling", SETTINGS[2:3], ids=lambda s: f"T{s.temperature}-p{s.top_p}")
 def test_auto_budget_follows_the_target(models, sampling):
     """Budgets chosen pass by pass from what was accepted keep the target's distribution."""
     from specexec.budget import CostProfile

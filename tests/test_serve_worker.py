@@ -141,7 +141,7 @@ def test_serve_command_errors_are_one_line(tmp_path):
     from serve_helpers import REPO
 
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", PYTHONPATH=str(REPO))
-    for args, message in ((["--budget", "0"], "max_budget must be a positive integer"),
+    for args, message in ((["--budget", "0"], "a budget is a positive integer or 'auto'"),
                           (["--target", str(tmp_path / "missing"), "--port", "0"], "not found")):
         r = subprocess.run([sys.executable, "-m", "specexec", "serve", *args], capture_output=True, text=True,
                            env=env, cwd=REPO, timeout=120)
