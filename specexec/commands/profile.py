@@ -39,6 +39,8 @@ def plot_profile(profile, path, title: str = "") -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from ..experiments.plot import save_figure
+
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for name, points in (("target", profile.target), ("draft", profile.draft)):
         if points:
@@ -51,9 +53,7 @@ def plot_profile(profile, path, title: str = "") -> None:
     ax.legend()
     if title:
         ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def run(args) -> int:

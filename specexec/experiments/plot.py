@@ -83,11 +83,7 @@ def plot_rows(rows: list[dict], path, title: str = "") -> Path:
         ax.legend()
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_acceptance(rows: list[dict], path, title: str = "") -> Path | None:
@@ -111,6 +107,13 @@ def plot_acceptance(rows: list[dict], path, title: str = "") -> Path | None:
     ax.legend(fontsize=7)
     if title:
         ax.set_title(title)
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path) -> Path:
+    """Lay out, write as PNG and free a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)
