@@ -1,7 +1,7 @@
 """Greedy exactness on the real embedded target (SmolLM2-135M-Instruct).
 
 SpecExec, SpecInfer and chain must reproduce transformers' own greedy decoding of the target
-token for token, 64 new tokens, with two drafts: the target itself ("self") and a truncated
+token for token, 64 new tokens (32 in the default run), with two drafts: the target itself ("self") and a truncated
 copy of it (its first 4 layers, untrained: "truncated"), at budgets 16 and 128, and at the
 extreme budgets 1 and 1024. Prompts: 7 each of the oasst, c4 and wikitext sets (21 in all),
 cut to their first 256 tokens. A divergence is accepted only at a numerical tie (target
@@ -12,12 +12,11 @@ Two sizes of the same matrix:
 - ``SPECEXEC_FULL_MATRIX=1``: every (draft, method, budget 16 / 128) cell on all 21 prompts;
   budgets 1 and 1024 on 3 prompts (one per set) for every method with the target as draft
   and for SpecExec with the truncated draft. 44 minutes on 2 CPU cores (docs/exactness.md).
-- the default (the README's test command), sized for the suite's time limit: SpecExec with
-  the target as draft on 6 prompts per budget (2 per set, different prompts at each budget,
-  12 of the 21 in all); SpecInfer and chain with the target as draft on 6 prompts per budget
-  (2 per set, again different at each budget); every method with the truncated draft on one
-  prompt per budget (a different prompt and set in each of the six cells); SpecExec at budgets
-  1 and 1024 on 3 prompts. Greedy references are computed only for the prompts used.
+- the default (the README's test command), sized for the suite's time limit: 32 new tokens
+  instead of 64; with the target as draft each (method, budget) cell on 4 prompts from at
+  least two sets (all 21 across the six cells); every method with the truncated draft on one
+  prompt per budget (a different prompt in each cell, two of each set); SpecExec at budgets 1
+  and 1024 on 3 prompts. Greedy references are computed only for the prompts used.
 
 Tree shapes. SpecExec: ``max_budget`` B, 16 beams, branch width 16. SpecInfer: B=16 is 4
 chains x 4 tokens, B=128 is 8 x 16 (the truncated draft: 32 x 4), B=1024 is 32 x 32. Chain:
@@ -35,10 +34,10 @@ from specexec.models import truncated_copy
 
 from conftest import assert_greedy_equal, greedy_reference, load_prompts
 
-NEW_TOKENS = 64
+FULL = os.environ.get("SPECEXEC_FULL_MATRIX", "") == "1"
+NEW_TOKENS = 64 if FULL else 32
 PROMPT_TOKENS = 256  # long prompts are cut to their first 256 tokens
 PER_SET = 7
-FULL = os.environ.get("SPECEXEC_FULL_MATRIX", "") == "1"
 
 
 def settings(draft, method, budget):
@@ -59,11 +58,11 @@ def sample(cases, draft, method, budget):
     """The prompts a (draft, method, budget) cell runs on."""
     if FULL:
         return cases
-    if draft == "self":  # 2 per set: prompts 0-1 of each set at budget 16, 2-3 at 128 (SpecExec: 4-5, 6 and 0)
-        offset = {"specexec": 4, "specinfer": 0, "chain": 0}[method] + (0 if budget == 16 else 2)
-        return [c for i, c in enumerate(cases) if (i % PER_SET - offset) % PER_SET < 2]
-    # truncated draft: one prompt per cell, a different set and prompt in each cell
     cell = ["specexec", "specinfer", "chain"].index(method) * 2 + (budget == 128)
+    if draft == "self":  # 4 prompts a cell, consecutive in the sets' interleaved order: all 21 across the cells
+        interleaved = [cases[(i % 3) * PER_SET + i // 3] for i in range(len(cases))]
+        return [interleaved[(4 * cell + j) % len(cases)] for j in range(4)]
+    # truncated draft: one prompt per cell, a different set and prompt in each cell
     return [cases[(cell % 3) * PER_SET + cell]]
 
 
@@ -124,7 +123,7 @@ def tree_limit(shape, method):
 @pytest.mark.parametrize("draft", ["self", "truncated"])
 def test_greedy_exact(embedded, drafts, cases, draft, method, budget):
     chosen = sample(cases, draft, method, budget)
-    assert len(chosen) >= (20 if FULL else 1 if draft == "truncated" else 6)
+    assert len(chosen) >= (20 if FULL else 1 if draft == "truncated" else 4)
     check(embedded, drafts, chosen, draft, method, budget)
 
 
@@ -140,7 +139,7 @@ def test_greedy_exact_at_extreme_budgets(embedded, drafts, cases, draft, method,
 
 
 def test_default_sample_spreads_over_the_prompt_sets():
-    """With the target as draft every cell draws from all three sets and the cells together cover
+    """With the target as draft every cell draws from two sets or more and the cells together cover
     all 21 prompts; the truncated draft's six cells use six prompts, two of each set."""
     fake = [(f"{name}-{i}", [i], []) for name in ("oasst", "c4", "wikitext") for i in range(PER_SET)]
     seen = {"self": [], "truncated": []}
@@ -149,7 +148,7 @@ def test_default_sample_spreads_over_the_prompt_sets():
             for budget in (16, 128):
                 chosen = sample(fake, draft, method, budget)
                 sets = {label.split("-")[0] for label, _, _ in chosen}
-                assert len(sets) == (3 if draft == "self" or FULL else 1)
+                assert len(sets) >= (2 if draft == "self" or FULL else 1)
                 seen[draft] += [label for label, _, _ in chosen]
     assert len(set(seen["self"])) == 21
     if not FULL:

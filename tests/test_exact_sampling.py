@@ -4,7 +4,7 @@ target's, computed exactly by enumeration, for every speculative method.
 Tiny target and an unrelated tiny draft over a 4-token vocabulary (64 outcomes). Each
 setting draws N = 1500 generations with fixed seeds and runs Pearson's chi-square test
 (cells with expected count < 5 pooled). A setting fails when p < ALPHA = 1e-3, so a correct
-rule has a 0.1% false-alarm rate per setting (about 1.2% over the 12 settings below). The
+rule has a 0.1% false-alarm rate per setting (about 1% over the 9 settings below). The
 negative controls show the same test at the same N rejects subtly wrong rules.
 """
 
@@ -78,8 +78,13 @@ def draw(engine, method, sampling, n=N, tree=TREE, budgets=None):
 SETTINGS = [SamplingConfig(temperature=t, top_p=p) for t in (0.6, 1.0) for p in (0.9, 1.0)]
 
 
-@pytest.mark.parametrize("method", ["specexec", "specinfer", "chain"])
-@pytest.mark.parametrize("sampling", SETTINGS, ids=lambda s: f"T{s.temperature}-p{s.top_p}")
+# SpecExec at all four settings; the rejection-sampling methods at the two corners (top-p on and
+# off, both temperatures), which exercise the same acceptance code
+CASES = ([("specexec", s) for s in SETTINGS]
+         + [(m, s) for m in ("specinfer", "chain") for s in (SETTINGS[0], SETTINGS[3])])
+
+
+@pytest.mark.parametrize("method,sampling", CASES, ids=[f"{m}-T{s.temperature}-p{s.top_p}" for m, s in CASES])
 def test_first_three_tokens_follow_the_target(models, method, sampling):
     target, draft = models
     engine = SpecExecEngine(target, None, draft)

@@ -42,7 +42,7 @@ def test_default_draft_of_the_embedded_target_is_the_shipped_one(embedded, monke
 def test_specexec_with_the_shipped_draft_is_greedy_exact(embedded, shipped):
     model, tokenizer = embedded
     engine = SpecExecEngine(model, tokenizer, shipped, draft_tokenizer=tokenizer)
-    for i, text in load_prompts("oasst")[:3]:
+    for i, text in load_prompts("oasst")[:2]:
         prompt = strip_llama2_template(text)
         ids = engine.encode(prompt, chat=True)
         want = greedy_reference(model, ids, 64, eos_ids=engine.eos_ids)
