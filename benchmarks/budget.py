@@ -43,13 +43,13 @@ def main() -> None:
     runs = GreedyRuns(engine, prompts, args.max_new_tokens)
     tree = dict(method="specexec", max_n_beams=16, max_branch_width=16, max_beam_len=args.max_beam_len)
     runs.run("autoregressive", method="autoregressive")
-    for b in [int(x) for x in args.budgets.split(",")]:
+    for b in [int(x) for x in args.budgets.split(",") if x.strip()]:  # --budgets "": autoregressive and auto only
         runs.run(f"SpecExec budget {b}", max_budget=b, **tree)
     auto = runs.run("SpecExec auto", max_budget="auto", **tree)
 
     base = runs.rows[0].tokens_per_second
     fixed = [r for r in runs.rows[1:] if r is not auto]
-    best = max(fixed, key=lambda r: r.tokens_per_second)
+    best = max(fixed, key=lambda r: r.tokens_per_second) if fixed else None
     print(f"\n| method (target {'streamed from disk' if offload else 'in RAM'}) | tokens/s | vs autoregressive | "
           "tokens per target pass | seconds per iteration | same tokens |")
     print("|---|---:|---:|---:|---:|---|")
@@ -60,8 +60,9 @@ def main() -> None:
     shares = ", ".join(f"{'no tree' if b == 0 else b}: {100 * n / len(auto.budgets):.0f}%"
                        for b, n in counts.most_common(5))
     print(f"\nauto chose (share of passes): {shares}")
-    print(f"auto / best fixed budget ({best.label}): {auto.tokens_per_second / best.tokens_per_second:.2f}x; "
-          f"auto / autoregressive: {auto.tokens_per_second / base:.2f}x")
+    if best is not None:
+        print(f"auto / best fixed budget ({best.label}): {auto.tokens_per_second / best.tokens_per_second:.2f}x")
+    print(f"auto / autoregressive: {auto.tokens_per_second / base:.2f}x")
 
 
 if __name__ == "__main__":
