@@ -46,7 +46,7 @@ def test_specexec_with_the_shipped_draft_is_greedy_exact(embedded, shipped):
         prompt = strip_llama2_template(text)
         ids = engine.encode(prompt, chat=True)
         want = greedy_reference(model, ids, 64, eos_ids=engine.eos_ids)
-        for budget in (16, 128, "auto"):
+        for budget in (16, "auto"):
             got = engine.generate(prompt, chat=True, method="specexec", max_new_tokens=64, max_budget=budget,
                                   temperature=0.0)
             assert_greedy_equal(model, ids, got.token_ids, want, f"oasst {i} budget {budget}")
