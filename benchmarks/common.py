@@ -4,17 +4,16 @@ timed side by side with every row checked against the autoregressive row's token
 from __future__ import annotations
 
 import os
-import platform
 from dataclasses import dataclass
 
 import torch
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
+    from specexec.machine import cpu_name
+
+    cpu = cpu_name()
     try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
         with open("/proc/meminfo", encoding="utf-8") as f:
             mem = int(next(line.split()[1] for line in f if line.startswith("MemTotal"))) / 2**20
     except (OSError, StopIteration):

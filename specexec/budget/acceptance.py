@@ -64,8 +64,6 @@ class AcceptanceProfile:
         self.seen_at = torch.zeros(shape, dtype=torch.long)
         self.patience = torch.full(shape, patience, dtype=torch.long)
         self.passes = 0  # target passes observed (trees or not)
-        self.depth_reached = torch.zeros(max(self.depths) + 2, dtype=torch.float64)  # accepted past depth k
-        self.trees = 0
 
     def tick(self) -> None:
         """A pass without a tree (an autoregressive step): only time moves on."""
@@ -83,37 +81,19 @@ class AcceptanceProfile:
         counts = torch.as_tensor(counts, dtype=torch.float64)
         covered = (torch.tensor(self.budgets)[:, None] <= budget) & (torch.tensor(self.depths)[None, :] <= depth)
         expired = covered & ~self._alive()
-        self.patience[expired & (self.weight > 0)] = (2 * self.patience).clamp(max=self.max_patience)[
-            expired & (self.weight > 0)]
+        lapsed = expired & (self.weight > 0)  # had an estimate, let it expire: wait longer next time
+        self.patience = torch.where(lapsed, (2 * self.patience).clamp(max=self.max_patience), self.patience)
         old = torch.where(expired, 0.0, self.memory * self.weight)  # an expired mean starts afresh
         w = torch.where(covered, old + 1.0, self.weight)
         self.mean = torch.where(covered, (old * self.mean + counts) / w.clamp(min=1e-12), self.mean)
         self.weight = w
         self.seen_at[covered] = self.passes
-        accepted = int(counts[covered].max()) - 1 if bool(covered.any()) else 0
-        self.depth_reached[: min(accepted, len(self.depth_reached) - 1) + 1] += 1
-        self.trees += 1
         self.passes += 1
 
     def _alive(self) -> torch.Tensor:
         return (self.weight > 0) & (self.passes - self.seen_at <= self.patience)
 
     def estimates(self) -> list[list[float | None]]:
-        """:meth:`estimate` of every candidate, budgets by depths."""
+        """Tokens per pass of every candidate, budgets by depths; None where no tree covered it lately."""
         alive = self._alive().tolist()
         return [[m if ok else None for m, ok in zip(row, oks)] for row, oks in zip(self.mean.tolist(), alive)]
-
-    def estimate(self, i: int, j: int) -> float | None:
-        """Tokens per pass of candidate (budgets[i], depths[j]); None if no tree covered it lately."""
-        if self.weight[i, j] <= 0 or self.passes - int(self.seen_at[i, j]) > int(self.patience[i, j]):
-            return None
-        return float(self.mean[i, j])
-
-    def reach_rates(self) -> list[float]:
-        """Share of trees whose accepted path reached depth k, for k = 1, 2, ..."""
-        if self.trees == 0:
-            return []
-        rates = (self.depth_reached[1:] / self.trees).tolist()
-        while rates and rates[-1] == 0:
-            rates.pop()
-        return rates

@@ -16,24 +16,14 @@ from pathlib import Path
 
 import torch
 
+from ..machine import cpu_name
 from .cost import CostProfile
 
 KEY_VERSION = 1
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine_identity(device: torch.device) -> dict:
-    ident = {"host": platform.node(), "cpu": _cpu_name(), "cores": os.cpu_count(),
+    ident = {"host": platform.node(), "cpu": cpu_name(), "cores": os.cpu_count(),
              "threads": torch.get_num_threads(), "torch": torch.__version__}
     if device.type == "cuda":
         ident["gpu"] = torch.cuda.get_device_name(device)
@@ -57,13 +47,13 @@ def offload_identity(model) -> str:
     return f"{type(streamer.transport).__name__}:{streamer.slots}:{len(streamer.plans)}"
 
 
-def profile_key(target, draft, *, extra: dict | None = None) -> dict:
+def profile_key(target, draft) -> dict:
     param = next(target.parameters())
     device = param.device
     return {"version": KEY_VERSION, "target": model_identity(target),
             "draft": model_identity(draft) if draft is not target else "self",
             "dtype": str(param.dtype), "device": str(device), "offload": offload_identity(target),
-            "machine": machine_identity(device), **(extra or {})}
+            "machine": machine_identity(device)}
 
 
 def profile_path(cache_root: Path, key: dict) -> Path:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import platform
 import socket
 import sys
 import time
@@ -68,13 +67,9 @@ def _hardware(device: str) -> str:
 
     if device.startswith("cuda") and torch.cuda.is_available():
         return torch.cuda.get_device_name(device)
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"CPU {name}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
+    from ..machine import cpu_name
+
+    return f"CPU {cpu_name()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
 
 
 def _check_models(args, device: str) -> None:
