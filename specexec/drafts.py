@@ -3,22 +3,33 @@ distilled draft shipped for the embedded target."""
 
 from __future__ import annotations
 
-from .errors import ModelLoadError
-from .models import DEFAULT_DRAFT_LAYERS, EMBEDDED, LoadedModel, load_model, parse_draft, truncated_copy
+from pathlib import Path
+
+from .draft_vocab import FULL, apply_draft_vocab, parse_draft_vocab
+from .errors import ConfigError, ModelLoadError
+from .models import (DEFAULT_DRAFT_LAYERS, EMBEDDED, LoadedModel, eos_token_ids, load_model, parse_draft, resolve,
+                     truncated_copy)
 
 
 def default_draft(name: str | None, target: LoadedModel, *, dtype="float32", device="cpu",
-                  draft_layers: int | None = None):
+                  draft_layers: int | None = None, draft_vocab=None):
     """The draft for ``target``: (model, tokenizer), or (None, None) for 'none'.
 
     ``name`` may be a model name as for :func:`load_model`, ``self`` (the target drafts for
     itself), ``truncated:K`` (the target's first K layers), ``none``, or None for the
     default: the distilled draft shipped with the package for the embedded target, else
-    the target's first ``draft_layers`` (default 4) layers.
+    the target's first ``draft_layers`` (default 4) layers. ``draft_vocab``: None keeps the
+    head the draft's folder chooses (:mod:`specexec.draft_vocab`), ``"full"`` the full head,
+    K the K most frequent tokens of its ranking.
     """
+    draft_vocab = parse_draft_vocab(draft_vocab)
     kind, layers_asked = parse_draft(name)
     if kind == "none":
         return None, None
+    if kind in ("self", "truncated", "default") and draft_vocab not in (None, FULL) and \
+            not (name is None and target.name == EMBEDDED and draft_layers is None):
+        raise ConfigError("--draft-vocab K needs a draft with a token ranking (a `specexec distill` output or the "
+                          "shipped draft), not the target or a copy of its layers")
     if kind == "self":
         return target.model, target.tokenizer
     if kind == "truncated" and layers_asked is not None:
@@ -26,12 +37,27 @@ def default_draft(name: str | None, target: LoadedModel, *, dtype="float32", dev
         if layers_asked > total:
             raise ModelLoadError(f"bad draft {name!r}: the target has only {total} layers")
         return truncated_copy(target.model, layers_asked), target.tokenizer
+    always = eos_token_ids(target.model, target.tokenizer)
     if name is None and target.name == EMBEDDED and draft_layers is None:
-        from .distill.shipped import load_shipped_draft, shipped_available
+        from .distill.shipped import SHIPPED_DIR, load_shipped_draft, shipped_available
 
         if shipped_available():
-            return load_shipped_draft(target.model), target.tokenizer
+            return apply_draft_vocab(load_shipped_draft(target.model), SHIPPED_DIR, draft_vocab, always), \
+                target.tokenizer
     if kind in ("default", "truncated"):
         return truncated_copy(target.model, draft_layers or DEFAULT_DRAFT_LAYERS), target.tokenizer
     loaded = load_model(name, dtype=dtype, device=device)
-    return loaded.model, loaded.tokenizer
+    return apply_draft_vocab(loaded.model, _local_folder(name), draft_vocab, always), loaded.tokenizer
+
+
+def _local_folder(name: str) -> Path | None:
+    """The folder holding a draft's files: a local folder, or the hub cache's snapshot of a hub id."""
+    where, _ = resolve(name)
+    if Path(where).is_dir():
+        return Path(where)
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(where, local_files_only=True))
+    except Exception:  # noqa: BLE001 - a .gguf file or anything else without a folder: no ranking
+        return None

@@ -143,20 +143,24 @@ class SpecExecEngine:
     def from_pretrained(cls, target: str | None = "embedded", draft: str | None = None, *,
                         dtype: str = "float32", device: str = "cpu", draft_layers: int | None = None,
                         config: GenerationConfig | None = None, offload: str | None = None,
-                        device_size: int = 2, keep_layers: int = 0) -> "SpecExecEngine":
+                        device_size: int = 2, keep_layers: int = 0,
+                        draft_vocab: int | str | None = None) -> "SpecExecEngine":
         """Load target and draft by name (hub id, folder, .gguf, or 'embedded').
 
         With no draft named, the draft is the default one for the embedded target, or a
         copy of the target's first ``draft_layers`` layers. ``offload`` ('disk' or 'cpu'),
         ``device_size`` and ``keep_layers`` stream the target's decoder layers
         (:mod:`specexec.offload`); the draft stays resident on the target's compute device.
+        ``draft_vocab`` ('full' or a number K) overrides the size of a distilled draft's reduced
+        output head (:mod:`specexec.draft_vocab`).
         """
         from .drafts import default_draft
 
         loaded = load_model(target, dtype=dtype, device=device, offload=offload, device_size=device_size,
                             keep_layers=keep_layers)
         device = str(next(loaded.model.parameters()).device)
-        draft_model, draft_tok = default_draft(draft, loaded, dtype=dtype, device=device, draft_layers=draft_layers)
+        draft_model, draft_tok = default_draft(draft, loaded, dtype=dtype, device=device, draft_layers=draft_layers,
+                                               draft_vocab=draft_vocab)
         return cls(loaded.model, loaded.tokenizer, draft_model, draft_tokenizer=draft_tok, config=config)
 
     # ------------------------------------------------------------------ inputs

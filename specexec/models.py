@@ -338,8 +338,9 @@ def truncated_copy(model: torch.nn.Module, n_layers: int = DEFAULT_DRAFT_LAYERS)
 
 def check_same_vocabulary(draft, target, draft_tokenizer=None, target_tokenizer=None) -> None:
     """Refuse a draft whose tokens do not mean the same as the target's."""
-    dv = draft.get_output_embeddings().weight.shape[0]
-    tv = target.get_output_embeddings().weight.shape[0]
+    from .draft_vocab import output_vocab_size
+
+    dv, tv = output_vocab_size(draft), output_vocab_size(target)
     if draft_tokenizer is not None and target_tokenizer is not None:
         if draft_tokenizer.get_vocab() != target_tokenizer.get_vocab():
             raise TokenizerMismatchError(

@@ -14,6 +14,7 @@ import time
 import torch
 
 from .attention import attention_layout
+from .draft_vocab import output_vocab_size
 from .kv_cache import SlotCache
 
 
@@ -31,7 +32,7 @@ class ModelRunner:
 
     @property
     def vocab_size(self) -> int:
-        return self.model.get_output_embeddings().weight.shape[0]
+        return output_vocab_size(self.model)
 
     def reset(self) -> None:
         self.cache.reset()

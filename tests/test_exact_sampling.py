@@ -4,7 +4,7 @@ target's, computed exactly by enumeration, for every speculative method.
 Tiny target and an unrelated tiny draft over a 4-token vocabulary (64 outcomes). Each
 setting draws N = 1000 generations with fixed seeds and runs Pearson's chi-square test
 (cells with expected count < 5 pooled). A setting fails when p < ALPHA = 1e-3, so a correct
-rule has a 0.1% false-alarm rate per setting (about 1% over the 9 settings below). The
+rule has a 0.1% false-alarm rate per setting (about 1% over the 11 settings below). The
 negative controls show the same test at the same N rejects subtly wrong rules (at N = 1000
 with p ~ 1e-31 and p ~ 0).
 """
@@ -109,6 +109,22 @@ def test_auto_budget_follows_the_target(models, sampling):
     assert len(budgets) >= 3, budgets  # the trees did change
     pvalue = chi_square_pvalue(counts, exact_distribution(target, sampling), N)
     assert pvalue > ALPHA, f"auto {sampling}: chi-square p = {pvalue:.2e}"
+
+
+@pytest.mark.parametrize("method", ["specexec", "specinfer"])
+def test_a_reduced_draft_head_keeps_the_targets_distribution(models, method):
+    """The draft proposes only tokens 1 and 3; tokens 0 and 2 still come at the target's rates."""
+    import copy
+
+    from specexec.draft_vocab import reduce_head
+
+    target, draft = models
+    engine = SpecExecEngine(target, None, reduce_head(copy.deepcopy(draft), [1, 3]))
+    sampling = SETTINGS[3]
+    expected = exact_distribution(target, sampling)
+    assert sum(p for seq, p in expected.items() if seq[0] in (0, 2)) > 0.2  # the unproposed tokens matter
+    pvalue = chi_square_pvalue(draw(engine, method, sampling), expected, N)
+    assert pvalue > ALPHA, f"{method} with a reduced draft: chi-square p = {pvalue:.2e}"
 
 
 def test_draft_differs_from_target(models):

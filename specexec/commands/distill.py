@@ -21,7 +21,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     design.add_argument("--layer-ids", default=None, help="draft = these target layers, e.g. 0,1,29")
     design.add_argument("--config", default=None, help="draft = this Hugging Face config.json (same vocabulary); "
                                                        "tensors matching the target's are copied")
-    design.add_argument("--init", default=None, help="start from this draft folder (an earlier distill output)")
+    design.add_argument("--init", default=None, help="start from this draft: a folder (an earlier distill output), "
+                                                     "or 'shipped' (the embedded target's shipped draft)")
     p.add_argument("--add-layer", action="append", default=None, metavar="POS:LAYER",
                    help="grow the draft: insert a copy of target layer LAYER at position POS, its output "
                         "projections zeroed so the draft starts out computing what it did (repeatable)")
@@ -29,7 +30,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="training source, repeatable: sharegpt[:N|:A-B] and prompts:PATH[:A-B] (the target answers), "
                         "sharegpt-chat[:N|:A-B] and text:PATH (used as is), shards:DIR (the data/ folder "
                         "of an earlier run); default: sharegpt:2000")
-    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--steps", type=int, default=1000, help="training steps; 0 with --init: no training (e.g. only "
+                                                           "--draft-vocab)")
+    p.add_argument("--draft-vocab", type=int, default=None, metavar="K",
+                   help="give the draft a reduced output head: the K tokens the target is most expected to "
+                        "produce on the teacher data (ranking saved as draft_vocab.json; docs/draft.md)")
     p.add_argument("--batch-size", type=int, default=8, help="sequences per step")
     p.add_argument("--seq-len", type=int, default=512, help="longest training sequence (tokens)")
     p.add_argument("--lr", type=float, default=3e-4)
@@ -81,9 +86,13 @@ def run(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     specs = args.data or ["sharegpt:2000"]
-    for name in ("steps", "batch_size", "seq_len", "top_k", "gen_batch_size"):
+    for name in ("batch_size", "seq_len", "top_k", "gen_batch_size"):
         if getattr(args, name) <= 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be positive")
+    if args.steps < 0 or (args.steps == 0 and not args.init):
+        raise ConfigError("--steps must be positive (0, no training, only with --init)")
+    if args.draft_vocab is not None and args.draft_vocab <= 0:
+        raise ConfigError("--draft-vocab must be a positive number of tokens")
     if not args.gen_temperature >= 0:
         raise ConfigError("--gen-temperature must be 0 (greedy) or more")
     if args.gen_sample_tokens < 0:
@@ -135,7 +144,12 @@ def run(args) -> int:
     eval_examples, train_examples = examples[:n_eval], examples[n_eval:]
 
     layer_ids = [int(x) for x in args.layer_ids.split(",")] if args.layer_ids else None
-    if args.init:
+    if args.init == "shipped":
+        from ..distill.shipped import load_shipped_draft
+
+        student = load_shipped_draft(target)
+        freeze_shared(student)
+    elif args.init:
         student = load_model(args.init, dtype=args.dtype, device=args.device, with_tokenizer=False).model
         if not torch.equal(student.get_input_embeddings().weight, target.get_input_embeddings().weight):
             raise ConfigError(f"--init {args.init} does not share the target's embeddings")
@@ -148,17 +162,53 @@ def run(args) -> int:
         f"train {len(train_examples)} examples, eval {len(eval_examples)}")
     t1 = time.perf_counter()
     records = train(student, train_examples, eval_examples, out, cfg, resume=args.resume, log=log,
-                    progress=not args.no_progress)
+                    progress=not args.no_progress) if args.steps else []
     student.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    vocab = save_draft_vocab(args, student, target, examples, eval_examples, out, cfg, log)
     evals = [r for r in records if "eval" in r]
     summary = {"target": loaded.name, "data": specs, "examples": len(examples), "scored_tokens": n_tokens,
                "train": vars(cfg) if not hasattr(cfg, "__dataclass_fields__") else cfg.__dict__,
                "draft": args.init or args.config or layer_ids or list(range(args.layers or 2)),
-               "added_layers": args.add_layer or [],
+               "added_layers": args.add_layer or [], "draft_vocab": vocab,
                "train_seconds_this_run": round(time.perf_counter() - t1, 1),
                "first_eval": evals[0] if evals else None, "final_eval": evals[-1] if evals else None,
                "loss_every_50_steps": [(r["step"], r["loss"]) for r in records if r["step"] % 50 == 0]}
     (out / "distill_summary.json").write_text(json.dumps(summary, indent=1))
     log(f"saved the draft to {out} (final eval: {json.dumps(summary['final_eval'])})")
     return 0
+
+
+def save_draft_vocab(args, student, target, examples, eval_examples, out: Path, cfg, log) -> dict | None:
+    """Write ``out/draft_vocab.json`` (from the teacher data for --draft-vocab, else the --init draft's)."""
+    import shutil
+
+    from ..distill.shipped import SHIPPED_DIR
+    from ..distill.train import evaluate
+    from ..draft_vocab import (VOCAB_FILE, expected_counts, output_vocab_size, ranking_from_counts, read_vocab,
+                               reduce_head, select, write_vocab)
+    from ..models import eos_token_ids
+
+    if args.draft_vocab is None:
+        source = SHIPPED_DIR if args.init == "shipped" else Path(args.init) if args.init else None
+        if source is not None and (source / VOCAB_FILE).exists():
+            shutil.copyfile(source / VOCAB_FILE, out / VOCAB_FILE)
+            return {"copied_from": str(source), "k": read_vocab(out)["k"]}
+        return None
+    vocab = output_vocab_size(student)
+    counts = expected_counts(examples, vocab)
+    ranking = ranking_from_counts(counts)
+    chosen = select({"ranking": ranking, "k": args.draft_vocab}, min(args.draft_vocab, vocab), vocab,
+                    eos_token_ids(target))
+    coverage = float(counts[chosen].sum() / counts.sum()) if counts.sum() > 0 else 0.0
+    positions = sum(len(e.top_ids) for e in examples)
+    write_vocab(out, ranking, args.draft_vocab, vocab_size=vocab, positions=positions, coverage=coverage,
+                source=f"expected counts under the target's top-{args.top_k} next-token distributions on "
+                       f"{positions} positions of its teacher data ({', '.join(args.data or ['sharegpt:2000'])})")
+    full = evaluate(student, eval_examples, cfg)
+    reduced = evaluate(reduce_head(student, chosen), eval_examples, cfg)
+    reduced["kl"] = None  # infinite wherever the target's top-k reaches outside the subset
+    log(f"draft vocabulary: {len(chosen)} of {vocab} tokens ({len(ranking)} seen), {coverage:.2%} of the "
+        f"expected mass; top-1 agreement on held-out data {full['top1']:.1%} full, {reduced['top1']:.1%} reduced")
+    return {"k": args.draft_vocab, "tokens_seen": len(ranking), "expected_mass": round(coverage, 6),
+            "eval_full_head": full, "eval_reduced_head": reduced}

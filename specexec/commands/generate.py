@@ -15,6 +15,11 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--draft", default=None,
                    help="draft model: hub id, folder, .gguf, 'self', 'truncated:K' (target's first K layers); "
                         "default: the default draft of the target")
+    from ..draft_vocab import draft_vocab_value
+
+    p.add_argument("--draft-vocab", type=draft_vocab_value, default=None, metavar="K|full",
+                   help="a distilled draft's output head: its K most frequent tokens, or 'full'; default: the "
+                        "K stored with the draft (the shipped draft's: docs/draft.md)")
     p.add_argument("--dtype", default="float32", help="float32 (default), bfloat16, float16, float64")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
 
@@ -98,7 +103,7 @@ def run(args) -> int:
     draft = "none" if cfg.method == "autoregressive" and args.draft is None else args.draft
     engine = SpecExecEngine.from_pretrained(args.target, draft, dtype=args.dtype, device=args.device, config=cfg,
                                             offload=args.offload, device_size=args.device_size,
-                                            keep_layers=args.keep_layers)
+                                            keep_layers=args.keep_layers, draft_vocab=args.draft_vocab)
     stream = engine.stream(prompt, chat=args.chat)
     pieces: list[str] = []
     try:

@@ -1,13 +1,15 @@
 """The distilled draft shipped with the package for the embedded SmolLM2-135M-Instruct target.
 
-The folder ``specexec/data/drafts/smollm2-135m-instruct`` holds the draft's config and its
-own tensors (decoder layers and final norm, float16). Its embeddings and LM head are the
+The folder ``specexec/data/drafts/smollm2-135m-instruct`` holds the draft's config, its
+own tensors (decoder layers and final norm, float16) and, when it has one, the token ranking of
+its reduced output head (:mod:`specexec.draft_vocab`). Its embeddings and LM head are the
 target's (tied, frozen during distillation), so they are not stored: :func:`load_shipped_draft`
 takes them from the loaded target, and the draft uses the target's tokenizer.
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import torch
@@ -89,4 +91,10 @@ def export_from_folder(folder: str | Path, target_name: str = "embedded", dest: 
     draft = load_model(str(folder), dtype="float32", with_tokenizer=False).model
     if not torch.equal(draft.get_input_embeddings().weight, target.get_input_embeddings().weight):
         raise ModelLoadError(f"{folder} does not share its embeddings with {target_name}: it cannot be shipped stripped")
-    return export_shipped(draft, target, dest)
+    dest = export_shipped(draft, target, dest)
+    from ..draft_vocab import VOCAB_FILE
+
+    (dest / VOCAB_FILE).unlink(missing_ok=True)
+    if (Path(folder) / VOCAB_FILE).exists():  # the reduced head's token ranking travels with the draft
+        shutil.copyfile(Path(folder) / VOCAB_FILE, dest / VOCAB_FILE)
+    return dest

@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 
 from ..config import AUTO, GenerationConfig, SamplingConfig
+from ..draft_vocab import draft_vocab_value
 from ..errors import ConfigError
 
 # the paper's generator class names (and their aliases) -> our methods
@@ -60,6 +61,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m = p.add_argument_group("models")
     _flag(m, "--model_0", default=None, help="draft model: hub id, folder, .gguf, 'self', 'truncated:K' "
                                                "(default: the default draft of the target)")
+    _flag(m, "--draft_vocab", type=draft_vocab_value, default=None, metavar="K|full",
+          help="a distilled draft's output head: its K most frequent tokens, or 'full' (default: the draft's own K)")
     _flag(m, "--model_1", default=None, help="target model: hub id, folder, .gguf (default: the embedded model)")
     _flag(m, "--dtype", default="auto", help="auto (float16 on CUDA, float32 on CPU), float32, bfloat16, float16")
     _flag(m, "--device", default=None, help="cuda if available, else cpu")

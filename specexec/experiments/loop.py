@@ -16,6 +16,7 @@ import sys
 import time
 from datetime import datetime
 
+from ..draft_vocab import head_tokens, output_vocab_size
 from ..errors import ConfigError, PromptError, SpecExecError
 from . import datasets as ds
 from . import flags, report
@@ -94,10 +95,12 @@ def _pick_device(args) -> tuple[str, str]:
     device = args.device or ("cuda" if torch.cuda.is_available() and args.offload != "disk" else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device: {device!r} asked for but no CUDA device is available")
+    from ..draft_vocab import parse_draft_vocab
     from ..models import parse_device, parse_draft
 
     parse_device(device)
     parse_draft(args.model_0)
+    parse_draft_vocab(args.draft_vocab)
     dtype = args.dtype
     if dtype == "auto":
         dtype = "float16" if device.startswith("cuda") else "float32"
@@ -136,7 +139,8 @@ def _load_engine(args, configs, device, dtype):
              f"on {device} in {dtype}{streamed}")
     t = time.perf_counter()
     engine = SpecExecEngine.from_pretrained(target, draft, dtype=dtype, device=device, offload=args.offload,
-                                            device_size=args.device_size, keep_layers=args.keep_layers)
+                                            device_size=args.device_size, keep_layers=args.keep_layers,
+                                            draft_vocab=args.draft_vocab)
     log.info(f"models loaded in {time.perf_counter() - t:.1f} s")
     return engine
 
@@ -153,7 +157,9 @@ def describe(model) -> str:
         f", {len(streamer.plans)} layers streamed from "
         f"{'disk' if getattr(streamer.options, 'mode', None) == 'disk' else 'CPU RAM'} "
         f"through {streamer.slots} buffers")
-    return f"{cfg.model_type}, {layers} layers, {n / 1e6:.1f}M parameters{streamed}"
+    head = "" if head_tokens(model) == output_vocab_size(model) else \
+        f", head over {head_tokens(model)} of {output_vocab_size(model)} tokens"
+    return f"{cfg.model_type}, {layers} layers, {n / 1e6:.1f}M parameters{head}{streamed}"
 
 
 def _run(args, configs, dataset, prompts, device, dtype, out) -> int:
