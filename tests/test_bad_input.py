@@ -106,16 +106,35 @@ def run_cli(*args, stdin=None):
     (["--prompt", "hi", "--target", "no-such-org/no-such-model"], "could not load model 'no-such-org/no-such-model'"),
     (["--prompt", "hi", "--draft", "./missing-draft"], "not found"),
 ])
-def test_cli_errors_are_clean(args, message):
-    proc = run_cli("generate", *args)
-    assert proc.returncode == 2, proc.stderr
-    assert message in proc.stderr
-    assert "Traceback" not in proc.stderr
+def test_cli_errors_are_clean(args, message, capsys):
+    """The first case through the real entry point (a subprocess), the others in-process."""
+    if args == ["--prompt", ""]:
+        proc = run_cli("generate", *args)
+        code, err = proc.returncode, proc.stderr
+    else:
+        code, err = main_in_process(capsys, "generate", *args)
+    assert code == 2, err
+    assert message in err
+    assert "Traceback" not in err
 
 
-def test_cli_rejects_nonsense_flags():
+def main_in_process(capsys, *args):
+    """(exit status, standard error) of ``specexec ARGS`` run through the command line's main."""
+    from specexec.cli import main
+
+    capsys.readouterr()
+    try:
+        code = main(list(args))
+    except SystemExit as exc:  # argparse's own errors
+        code = exc.code
+    return code, capsys.readouterr().err
+
+
+def test_cli_rejects_nonsense_flags(capsys):
     proc = run_cli("generate", "--prompt", "hi", "--budget", "lots")
     assert proc.returncode == 2 and "a budget is a positive integer or 'auto'" in proc.stderr
     assert "Traceback" not in proc.stderr
-    proc = run_cli("generate", "--prompt", "hi", "--method", "magic")
-    assert proc.returncode == 2 and "invalid choice" in proc.stderr
+    code, err = main_in_process(capsys, "generate", "--prompt", "hi", "--method", "magic")
+    assert code == 2 and "invalid choice" in err
+    code, err = main_in_process(capsys, "generate", "--prompt", "hi", "--draft-vocab", "most")
+    assert code == 2 and "draft vocabulary must be 'full' or a positive number of tokens" in err

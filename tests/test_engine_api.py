@@ -134,25 +134,30 @@ def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "specexec", *args], capture_output=True, text=True, timeout=600)
 
 
-def test_cli_json_and_streamed_text_agree():
-    common = ["generate", "--prompt", "List three colours.", "--chat", "--max-new-tokens", "16",
-              "--budget", "16", "--draft", "truncated:4"]
+def test_cli_json_and_streamed_text_agree(capsys):
+    """The JSON run through the real entry point; the streamed and autoregressive runs in-process."""
+    from specexec.cli import main
+
+    common = ["generate", "--prompt", "List three colours.", "--chat", "--max-new-tokens", "10",
+              "--budget", "8", "--draft", "truncated:4"]
     proc = run_cli(*common, "--json")
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert {"text", "token_ids", "prompt_token_ids", "stats"} <= set(out)
-    assert out["stats"]["new_tokens"] == len(out["token_ids"]) <= 16
+    assert out["stats"]["new_tokens"] == len(out["token_ids"]) <= 10
     assert out["stats"]["target_passes"] >= 1 and out["stats"]["tokens_per_pass"] >= 1
-    streamed = run_cli(*common, "--stats")
-    assert streamed.returncode == 0, streamed.stderr
-    assert streamed.stdout.rstrip("\n") == out["text"]
-    assert "tokens/pass" in streamed.stderr
+    capsys.readouterr()
+    assert main([*common, "--stats"]) == 0
+    streamed = capsys.readouterr()
+    assert streamed.out.rstrip("\n") == out["text"]
+    assert "tokens/pass" in streamed.err
     stop = {"eos": "end-of-sequence", "length": "--max-new-tokens"}[out["stats"]["stop_reason"]]
-    assert stop in streamed.stderr  # the terminal says why generation stopped
-    assert "tokens accepted per target pass" in streamed.stderr and "first token after" in streamed.stderr
-    auto = run_cli("generate", "--prompt", "List three colours.", "--chat", "--max-new-tokens", "16",
-                   "--method", "autoregressive", "--json")
-    assert json.loads(auto.stdout)["token_ids"] == out["token_ids"]  # greedy: same text whatever the method
+    assert stop in streamed.err  # the terminal says why generation stopped
+    assert "tokens accepted per target pass" in streamed.err and "first token after" in streamed.err
+    assert main(["generate", "--prompt", "List three colours.", "--chat", "--max-new-tokens", "10",
+                 "--method", "autoregressive", "--json"]) == 0
+    # greedy: same text whatever the method
+    assert json.loads(capsys.readouterr().out)["token_ids"] == out["token_ids"]
 
 
 def test_cli_defaults_are_the_apis():

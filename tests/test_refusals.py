@@ -4,9 +4,6 @@ and exit status 2."""
 
 import json
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -100,13 +97,10 @@ def test_nonsense_numbers_are_refused(engine, field, value):
         engine.generate([1, 2], **{field: value})
 
 
-def run_cli(*args):
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    return subprocess.run([sys.executable, "-m", "specexec", "generate", *args], capture_output=True, text=True,
-                          env=env, timeout=300)
+def test_cli_errors_before_loading(tmp_path, capsys):
+    """In-process through the command line's main (tests/test_bad_input.py runs the real entry point)."""
+    from specexec.cli import main
 
-
-def test_cli_errors_before_loading(tmp_path):
     t5 = tmp_path / "t5-folder"
     t5.mkdir()
     (t5 / "config.json").write_text(json.dumps({"model_type": "t5", "vocab_size": 64, "d_model": 32}))
@@ -123,7 +117,9 @@ def test_cli_errors_before_loading(tmp_path):
         (["--dtype", "float8"], "unknown dtype"),
     ]
     for args, message in cases:
-        proc = run_cli("--prompt", "hi", *args)
-        assert proc.returncode == 2, (args, proc.stderr)
-        assert message in proc.stderr, (args, proc.stderr)
-        assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, (args, proc.stderr)
+        capsys.readouterr()
+        code = main(["generate", "--prompt", "hi", *args])
+        err = capsys.readouterr().err
+        assert code == 2, (args, err)
+        assert message in err, (args, err)
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1, (args, err)
