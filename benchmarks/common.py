@@ -42,6 +42,7 @@ class Row:
     seconds_per_pass: float
     same: bool  # every prompt's tokens equal the autoregressive row's
     budgets: list  # the budgets the passes used (auto)
+    draft_seconds_per_pass: float = 0.0  # growing the tree, per target pass
 
 
 class GreedyRuns:
@@ -57,19 +58,20 @@ class GreedyRuns:
         with torch.inference_mode():
             engine.generate(self.prompts[0], max_new_tokens=4, temperature=0.0, **settings)  # warm-up
             tokens = passes = 0
-            seconds = 0.0
+            seconds = drafting = 0.0
             same, budgets = True, []
             for i, ids in enumerate(self.prompts):
                 res = engine.generate(ids, max_new_tokens=self.max_new_tokens, temperature=0.0, **settings)
                 tokens += res.stats.new_tokens
                 passes += res.stats.target_passes
                 seconds += res.stats.seconds
+                drafting += res.stats.draft_seconds
                 budgets += res.stats.budgets
                 if not self.reference.get(i):
                     self.reference[i] = res.token_ids
                 else:
                     same &= res.token_ids == self.reference[i]
-        row = Row(label, tokens / seconds, tokens / passes, seconds / passes, same, budgets)
+        row = Row(label, tokens / seconds, tokens / passes, seconds / passes, same, budgets, drafting / passes)
         self.rows.append(row)
         print(f"  {label:<24} {row.tokens_per_second:7.2f} tok/s  {row.tokens_per_pass:5.2f} tok/pass  "
               f"{row.seconds_per_pass:6.3f} s/iteration  same tokens as the first row: {same}", flush=True)

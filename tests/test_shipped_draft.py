@@ -1,12 +1,14 @@
 """The distilled draft shipped with the package: it loads offline from the installed package
-as the embedded target's default draft, and SpecExec with it reproduces the target's greedy
-decoding token for token."""
+as the embedded target's default draft, with its reduced output head, and SpecExec with it
+reproduces the target's greedy decoding token for token."""
 
 import pytest
+import torch
 
 from specexec import SpecExecEngine
 from specexec.distill.data import strip_llama2_template
 from specexec.distill.shipped import SHIPPED_DIR, load_shipped_draft, shipped_available
+from specexec.draft_vocab import head_tokens, read_vocab
 from specexec.models import LoadedModel, default_draft
 
 from conftest import assert_greedy_equal, greedy_reference, load_prompts
@@ -20,8 +22,9 @@ def test_shipped_draft_is_in_the_package():
 
 @pytest.fixture(scope="module")
 def shipped(embedded):
+    """The default draft as the engine loads it: the shipped draft with its reduced head."""
     model, tokenizer = embedded
-    return load_shipped_draft(model)
+    return default_draft(None, LoadedModel(model, tokenizer, "embedded"))[0]
 
 
 def test_default_draft_of_the_embedded_target_is_the_shipped_one(embedded, monkeypatch):
@@ -34,6 +37,13 @@ def test_default_draft_of_the_embedded_target_is_the_shipped_one(embedded, monke
     assert (draft.get_input_embeddings().weight == model.get_input_embeddings().weight).all()
     # its layers are trained, not the target's first layers
     assert not (draft.model.layers[0].mlp.up_proj.weight == model.model.layers[0].mlp.up_proj.weight).all()
+    # its head scores the K tokens its ranking stores (and EOS), with the target's rows for them
+    stored = read_vocab(SHIPPED_DIR)
+    head = draft.get_output_embeddings()
+    assert stored["k"] <= head_tokens(draft) <= stored["k"] + len(tokenizer.all_special_ids)
+    assert set(stored["ranking"][:stored["k"]]) <= set(head.token_ids.tolist())
+    assert torch.equal(head.weight, model.get_output_embeddings().weight[head.token_ids])
+    assert head_tokens(load_shipped_draft(model)) == model.config.vocab_size  # the stored draft is whole
     # other targets, or an explicit layer count, keep the truncated copy
     draft, _ = default_draft(None, LoadedModel(model, tokenizer, "embedded"), draft_layers=2)
     assert draft.config.num_hidden_layers == 2
