@@ -69,7 +69,8 @@ def test_sampling_only_the_first_tokens_then_greedy(teacher_data):
 
 
 @pytest.mark.parametrize("flags", [["--gen-sample-tokens", "4"], ["--gen-sample-tokens", "-1", "--gen-temperature", "1"],
-                                   ["--gen-temperature", "-0.5"], ["--gen-temperature", "nan"]])
+                                   ["--gen-temperature", "-0.5"], ["--gen-temperature", "nan"],
+                                   ["--steps", "0"], ["--steps", "-2", "--init", "shipped"], ["--draft-vocab", "0"]])
 def test_generation_flags_are_checked(flags, tmp_path, capsys):
     from specexec.cli import main
 
