@@ -160,6 +160,35 @@ def test_cli_json_and_streamed_text_agree(capsys):
     assert json.loads(capsys.readouterr().out)["token_ids"] == out["token_ids"]
 
 
+def test_documented_defaults_side_by_side():
+    """docs/experiments.md's table of defaults: the API's and the paper runner's, as the code has them."""
+    import argparse
+    from pathlib import Path
+
+    from specexec.experiments import flags
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "experiments.md").read_text()
+    rows = {}
+    for line in text.split("| setting | API, `generate`, `chat`, `serve` |", 1)[1].splitlines()[2:]:
+        if not line.startswith("|"):
+            break
+        name, api, runner = [c.strip() for c in line.strip("|").split("|")]
+        rows[name] = (api, runner)
+    cfg = GenerationConfig()
+    p = argparse.ArgumentParser()
+    flags.add_arguments(p)
+    run = p.parse_args([])
+    runner_cfg = flags.build_configs(run)[0]
+    got = {"method": (cfg.method, runner_cfg.method), "temperature": (cfg.sampling.temperature, run.temperature),
+           "top_p": (cfg.sampling.top_p, run.top_p), "max_budget": (cfg.max_budget, run.max_budget),
+           "max_n_beams": (cfg.max_n_beams, run.max_n_beams), "max_beam_len": (cfg.max_beam_len, run.max_beam_len),
+           "max_branch_width": (cfg.max_branch_width, run.max_branch_width),
+           "max_new_tokens": (cfg.max_new_tokens, run.max_new_tokens)}
+    assert set(rows) == set(got)
+    for name, (api, runner) in got.items():
+        assert rows[name] == (str(api), str(runner)), name
+
+
 def test_cli_defaults_are_the_apis():
     from specexec.cli import build_parser
 
