@@ -3,9 +3,12 @@ the official `openai` client) against the engine in-process, on the same prompts
 
 Both sides generate greedily with the same settings on the embedded prompt set (chat prompts through the
 target's chat template); times are end to end per request (prefill included), the first token being the first
-non-empty piece of text. One warm-up request per side is excluded. The texts are checked to be equal.
+non-empty piece of text. One warm-up request per side is excluded. The engine and the server are loaded
+side by side and take turns prompt by prompt (alternating which goes first), so that a drift in the
+machine's speed hits both alike. The texts are checked to be equal.
 
-    python benchmarks/serve.py [--prompts 5] [--max-new-tokens 32] [--budget 64] [--target embedded] [--draft ...]
+    python benchmarks/serve.py [--prompts 5] [--max-new-tokens 32] [--budget 64] [--rounds 1] [--target embedded]
+                               [--draft ...]
 """
 
 from __future__ import annotations
@@ -76,6 +79,7 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=5)
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--budget", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=1, help="times through the prompts")
     args = ap.parse_args()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -91,32 +95,40 @@ def main() -> None:
     warm, prompts = prompts[0], prompts[1:]
     cfg = GenerationConfig(max_new_tokens=args.max_new_tokens, max_budget=args.budget)
     engine = SpecExecEngine.from_pretrained(args.target, args.draft, config=cfg)
-    in_process(engine, [warm], 4)
-    local = in_process(engine, prompts, args.max_new_tokens)
-    del engine
-
     server_args = ["--target", args.target, "--served-model-name", "bench", "--budget", str(args.budget)]
     if args.draft:
         server_args += ["--draft", args.draft]
     server = ServerProcess(*server_args)
+    local, remote = [], []
     try:
         client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=600)
+        in_process(engine, [warm], 4)
         through_server(client, "bench", [warm], 4)
-        remote = through_server(client, "bench", prompts, args.max_new_tokens)
+        # prompt by prompt, alternating which side goes first: a drift in the machine's speed hits both alike
+        for r in range(args.rounds):
+            for i, text in enumerate(prompts):
+                sides = [lambda: local.extend(in_process(engine, [text], args.max_new_tokens)),
+                         lambda: remote.extend(through_server(client, "bench", [text], args.max_new_tokens))]
+                for side in sides if (i + r) % 2 == 0 else sides[::-1]:
+                    side()
     finally:
         server.stop()
 
     same = sum(a["text"] == b["text"] for a, b in zip(local, remote))
+    n = len(local)
     print()
     print(f"Machine: {hardware('cpu')}, torch {torch.__version__}")
     print(f"Target {args.target}, draft {args.draft or 'default'}, greedy, budget {args.budget}, {len(prompts)} "
           f"prompts of the embedded set (chat template), up to {args.max_new_tokens} new tokens; "
-          f"identical texts: {same}/{len(prompts)}")
+          f"identical texts: {same}/{n}; {args.rounds} round(s), the two paths alternating prompt by prompt")
     print()
     print("| path | time to first token, mean (s) | median (s) | tokens/s | tokens per target pass |")
     print("|---|---:|---:|---:|---:|")
     print(summary("engine in-process (`engine.stream`)", local))
     print(summary("`specexec serve`, streaming, one client", remote))
+    ratio = (sum(r["tokens"] for r in remote) / sum(r["seconds"] for r in remote)) / \
+        (sum(r["tokens"] for r in local) / sum(r["seconds"] for r in local))
+    print(f"\nserver tokens/s / in-process tokens/s: {ratio:.3f}")
 
 
 if __name__ == "__main__":
