@@ -158,7 +158,8 @@ def run(args) -> int:
         student = build_student(target, layers=args.layers, layer_ids=layer_ids, config_path=args.config)
     student = insert_layers(student, target, insertions)
     n_train = sum(p.numel() for p in student.parameters() if p.requires_grad)
-    log(f"draft: {student.config.num_hidden_layers} layers, {n_train / 1e6:.2f} M trained parameters; "
+    trained = f"{n_train / 1e6:.2f} M trained parameters" if args.steps else "no training (--steps 0)"
+    log(f"draft: {student.config.num_hidden_layers} layers, {trained}; "
         f"train {len(train_examples)} examples, eval {len(eval_examples)}")
     t1 = time.perf_counter()
     records = train(student, train_examples, eval_examples, out, cfg, resume=args.resume, log=log,
