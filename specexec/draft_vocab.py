@@ -90,9 +90,8 @@ def expected_counts(examples, vocab_size: int) -> torch.Tensor:
 
 def ranking_from_counts(counts: torch.Tensor) -> list[int]:
     """Token ids seen (count > 0), most expected first; ties by id."""
-    seen = torch.nonzero(counts > 0).flatten()
-    order = sorted(seen.tolist(), key=lambda i: (-float(counts[i]), i))
-    return order
+    seen = torch.nonzero(counts > 0).flatten()  # ascending ids: a stable sort keeps ties in id order
+    return seen[torch.sort(counts[seen], descending=True, stable=True).indices].tolist()
 
 
 def write_vocab(folder: Path, ranking: list[int], k: int, *, vocab_size: int, source: str, positions: int,

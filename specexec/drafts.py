@@ -7,8 +7,8 @@ from pathlib import Path
 
 from .draft_vocab import FULL, apply_draft_vocab, parse_draft_vocab
 from .errors import ConfigError, ModelLoadError
-from .models import (DEFAULT_DRAFT_LAYERS, EMBEDDED, LoadedModel, eos_token_ids, load_model, parse_draft, resolve,
-                     truncated_copy)
+from .models import (DEFAULT_DRAFT_LAYERS, EMBEDDED, LoadedModel, eos_token_ids, load_model, offload_folder,
+                     parse_draft, truncated_copy)
 
 
 def default_draft(name: str | None, target: LoadedModel, *, dtype="float32", device="cpu",
@@ -51,13 +51,8 @@ def default_draft(name: str | None, target: LoadedModel, *, dtype="float32", dev
 
 
 def _local_folder(name: str) -> Path | None:
-    """The folder holding a draft's files: a local folder, or the hub cache's snapshot of a hub id."""
-    where, _ = resolve(name)
-    if Path(where).is_dir():
-        return Path(where)
+    """The folder holding a draft's files (a local folder, or the hub cache's snapshot); None without one."""
     try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(where, local_files_only=True))
-    except Exception:  # noqa: BLE001 - a .gguf file or anything else without a folder: no ranking
+        return offload_folder(name)
+    except ModelLoadError:
         return None

@@ -63,7 +63,8 @@ def run(args) -> int:
     server: uvicorn.Server | None = None
 
     def load():
-        engine = SpecExecEngine.from_pretrained(args.target, draft, dtype=args.dtype, device=args.device, config=cfg, draft_vocab=args.draft_vocab)
+        engine = SpecExecEngine.from_pretrained(args.target, draft, dtype=args.dtype, device=args.device, config=cfg,
+                                                draft_vocab=args.draft_vocab)
         if cfg.auto_budget and cfg.method == "specexec" and engine.draft is not None:
             engine.cost_profile()  # measured (or read) before the first request, not during it
         return engine

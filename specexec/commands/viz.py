@@ -38,7 +38,8 @@ def run(args) -> int:
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     if not prompt.strip():
         raise PromptError("the prompt is empty")
-    engine = SpecExecEngine.from_pretrained(args.target, args.draft, dtype=args.dtype, device=args.device, config=cfg, draft_vocab=args.draft_vocab)
+    engine = SpecExecEngine.from_pretrained(args.target, args.draft, dtype=args.dtype, device=args.device, config=cfg,
+                                            draft_vocab=args.draft_vocab)
     snap = TreeSnapshot(at=args.iteration)
     engine.tree_watchers.append(snap)
     result = engine.generate(prompt, chat=args.chat)

@@ -95,12 +95,10 @@ def _pick_device(args) -> tuple[str, str]:
     device = args.device or ("cuda" if torch.cuda.is_available() and args.offload != "disk" else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device: {device!r} asked for but no CUDA device is available")
-    from ..draft_vocab import parse_draft_vocab
     from ..models import parse_device, parse_draft
 
     parse_device(device)
     parse_draft(args.model_0)
-    parse_draft_vocab(args.draft_vocab)
     dtype = args.dtype
     if dtype == "auto":
         dtype = "float16" if device.startswith("cuda") else "float32"
