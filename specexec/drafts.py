@@ -12,7 +12,7 @@ from .models import (DEFAULT_DRAFT_LAYERS, EMBEDDED, LoadedModel, eos_token_ids,
 
 
 def default_draft(name: str | None, target: LoadedModel, *, dtype="float32", device="cpu",
-                  draft_layers: int | None = None, draft_vocab=None):
+                  draft_layers: int | None = None, draft_vocab=None, quantize: str | None = None):
     """The draft for ``target``: (model, tokenizer), or (None, None) for 'none'.
 
     ``name`` may be a model name as for :func:`load_model`, ``self`` (the target drafts for
@@ -20,12 +20,28 @@ def default_draft(name: str | None, target: LoadedModel, *, dtype="float32", dev
     default: the distilled draft shipped with the package for the embedded target, else
     the target's first ``draft_layers`` (default 4) layers. ``draft_vocab``: None keeps the
     head the draft's folder chooses (:mod:`specexec.draft_vocab`), ``"full"`` the full head,
-    K the K most frequent tokens of its ranking.
+    K the K most frequent tokens of its ranking. ``quantize`` ('int8' or 'int4') quantizes the
+    draft's weights (:mod:`specexec.quantize`).
     """
     draft_vocab = parse_draft_vocab(draft_vocab)
     kind, layers_asked = parse_draft(name)
     if kind == "none":
         return None, None
+    check_draft_quantize(name, quantize)
+    model, tokenizer = _choose(name, kind, layers_asked, target, dtype, device, draft_layers, draft_vocab, quantize)
+    if quantize is not None and kind != "model":  # built in this process: quantized in place
+        from .quantize import quantize_model
+
+        model = quantize_model(model, quantize)
+    return model, tokenizer
+
+
+def check_draft_quantize(name: str | None, quantize: str | None) -> None:
+    if quantize is not None and parse_draft(name)[0] in ("self", "none"):
+        raise ConfigError(f"--draft-quantize does not apply to --draft {name} (for the target: use --quantize)")
+
+
+def _choose(name, kind, layers_asked, target: LoadedModel, dtype, device, draft_layers, draft_vocab, quantize):
     if kind in ("self", "truncated", "default") and draft_vocab not in (None, FULL) and \
             not (name is None and target.name == EMBEDDED and draft_layers is None):
         raise ConfigError("--draft-vocab K needs a draft with a token ranking (a `specexec distill` output or the "
@@ -46,7 +62,7 @@ def default_draft(name: str | None, target: LoadedModel, *, dtype="float32", dev
                 target.tokenizer
     if kind in ("default", "truncated"):
         return truncated_copy(target.model, draft_layers or DEFAULT_DRAFT_LAYERS), target.tokenizer
-    loaded = load_model(name, dtype=dtype, device=device)
+    loaded = load_model(name, dtype=dtype, device=device, quantize=quantize)
     return apply_draft_vocab(loaded.model, _local_folder(name), draft_vocab, always), loaded.tokenizer
 
 

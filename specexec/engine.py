@@ -144,7 +144,8 @@ class SpecExecEngine:
                         dtype: str = "float32", device: str = "cpu", draft_layers: int | None = None,
                         config: GenerationConfig | None = None, offload: str | None = None,
                         device_size: int = 2, keep_layers: int = 0,
-                        draft_vocab: int | str | None = None) -> "SpecExecEngine":
+                        draft_vocab: int | str | None = None, quantize: str | None = None,
+                        draft_quantize: str | None = None) -> "SpecExecEngine":
         """Load target and draft by name (hub id, folder, .gguf, or 'embedded').
 
         With no draft named, the draft is the default one for the embedded target, or a
@@ -152,15 +153,19 @@ class SpecExecEngine:
         ``device_size`` and ``keep_layers`` stream the target's decoder layers
         (:mod:`specexec.offload`); the draft stays resident on the target's compute device.
         ``draft_vocab`` ('full' or a number K) overrides the size of a distilled draft's reduced
-        output head (:mod:`specexec.draft_vocab`).
+        output head (:mod:`specexec.draft_vocab`). ``quantize`` / ``draft_quantize`` ('int8' or
+        'int4') quantize the target's / the draft's weights as they load (:mod:`specexec.quantize`).
         """
-        from .drafts import default_draft
+        from .drafts import check_draft_quantize, default_draft
+        from .quantize import parse_quantize
 
+        draft_quantize = parse_quantize(draft_quantize)
+        check_draft_quantize(draft, draft_quantize)  # before anything loads
         loaded = load_model(target, dtype=dtype, device=device, offload=offload, device_size=device_size,
-                            keep_layers=keep_layers)
+                            keep_layers=keep_layers, quantize=quantize)
         device = str(next(loaded.model.parameters()).device)
         draft_model, draft_tok = default_draft(draft, loaded, dtype=dtype, device=device, draft_layers=draft_layers,
-                                               draft_vocab=draft_vocab)
+                                               draft_vocab=draft_vocab, quantize=draft_quantize)
         return cls(loaded.model, loaded.tokenizer, draft_model, draft_tokenizer=draft_tok, config=config)
 
     # ------------------------------------------------------------------ inputs

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import fcntl
 import importlib.util
+import json
 import os
 import shutil
 import sys
@@ -248,39 +249,78 @@ def load_tokenizer(name: str | None):
 
 def load_model(name: str | None, dtype: str | torch.dtype | None = "float32", device: str = "cpu",
                with_tokenizer: bool = True, offload: str | None = None, device_size: int = 2,
-               keep_layers: int = 0) -> LoadedModel:
+               keep_layers: int = 0, quantize: str | None = None) -> LoadedModel:
     """Load a causal LM (and its tokenizer) by hub id, local folder, .gguf file or 'embedded'.
 
     ``offload="disk"`` / ``"cpu"`` streams the decoder layers (see :mod:`specexec.offload`) through
-    ``device_size`` buffers, the first ``keep_layers`` staying resident.
+    ``device_size`` buffers, the first ``keep_layers`` staying resident. ``quantize`` ("int8" or
+    "int4") quantizes the weights as they load (:mod:`specexec.quantize`).
     """
+    from .quantize import parse_quantize
+
     _quiet_transformers()
+    quantize = parse_quantize(quantize)
     if offload is not None:
-        return _load_offloaded(name, dtype, device, with_tokenizer, offload, device_size, keep_layers)
-    from transformers import AutoModelForCausalLM
+        return _load_offloaded(name, dtype, device, with_tokenizer, offload, device_size, keep_layers, quantize)
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from .quantize import check_checkpoint, quantization_config
 
     where, kwargs = resolve(name)
     torch_dtype = parse_dtype(dtype)
     device = parse_device(device)
     try:
+        config = _from_hub_or_cache(AutoConfig.from_pretrained, where, kwargs)
+    except Exception as err:  # noqa: BLE001
+        raise _explain(str(name), err) from err
+    check_checkpoint(config, device, quantize, str(name))
+    quantized = quantize is not None or getattr(config, "quantization_config", None) is not None
+    if quantize is not None:
+        kwargs = {**kwargs, "quantization_config": quantization_config(quantize, torch_dtype or torch.float32)}
+    if quantized:  # quantized weights are placed as they load, never moved afterwards
+        kwargs = {**kwargs, "device_map": {"": str(device)}}
+    try:
         model = _from_hub_or_cache(AutoModelForCausalLM.from_pretrained, where,
                                    {"dtype": torch_dtype or "auto", **kwargs})
     except Exception as err:  # noqa: BLE001
         raise _explain(str(name), err) from err
-    model = model.to(device).eval()
+    model = (model if quantized else model.to(device)).eval()
     tokenizer = load_tokenizer(name) if with_tokenizer else None
     return LoadedModel(model, tokenizer, EMBEDDED if name in EMBEDDED_ALIASES else str(name))
 
 
-def _load_offloaded(name, dtype, device, with_tokenizer, mode, device_size, keep_layers) -> LoadedModel:
+def _load_offloaded(name, dtype, device, with_tokenizer, mode, device_size, keep_layers, quantize) -> LoadedModel:
     from .offload import OffloadOptions, load_offloaded
 
     options = OffloadOptions(mode, device_size, keep_layers)  # validated before any file is read
-    options.compute_device(device)
+    compute = options.compute_device(device)
     folder = offload_folder(name)
-    model = load_offloaded(folder, options, dtype=parse_dtype(dtype), device=device)
+    if quantize is not None or _quantized_checkpoint(folder):
+        # quantized layers: loaded once (quantized), then streamed from a store of their packed tensors
+        from .offload.packed import stream_packed
+
+        loaded = load_model(str(folder), dtype=dtype, device=str(compute), with_tokenizer=with_tokenizer,
+                            quantize=quantize)
+        source = _folder_fingerprint(folder) + [quantize, str(parse_dtype(dtype))]
+        model = stream_packed(loaded.model, options, cache_dir() / "packed", json.dumps(source))
+    else:
+        model = load_offloaded(folder, options, dtype=parse_dtype(dtype), device=device)
     tokenizer = load_tokenizer(str(folder)) if with_tokenizer else None
     return LoadedModel(model, tokenizer, EMBEDDED if name in EMBEDDED_ALIASES else str(name))
+
+
+def _quantized_checkpoint(folder: Path) -> bool:
+    try:
+        config = json.loads((Path(folder) / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return config.get("quantization_config") is not None
+
+
+def _folder_fingerprint(folder: Path) -> list:
+    """A checkpoint folder's identity for caches: its path and its weight files' sizes and times."""
+    files = sorted(Path(folder).glob("*.safetensors"))
+    return [str(Path(folder).resolve())] + [[f.name, f.stat().st_size, int(f.stat().st_mtime)] for f in files]
 
 
 def offload_folder(name: str | None) -> Path:
@@ -310,16 +350,22 @@ def truncated_copy(model: torch.nn.Module, n_layers: int = DEFAULT_DRAFT_LAYERS)
     """
     from transformers import AutoModelForCausalLM
 
+    from .quantize import describe
+
     config = copy.deepcopy(model.config)
     total = config.num_hidden_layers
     n_layers = max(1, min(n_layers, total))
     config.num_hidden_layers = n_layers
     if getattr(config, "layer_types", None) is not None:
         config.layer_types = list(config.layer_types)[:n_layers]
+    if getattr(config, "quantization_config", None) is not None:
+        del config.quantization_config
     from transformers.initialization import no_init_weights
 
     with no_init_weights():  # every weight is copied from the target below
         draft = AutoModelForCausalLM.from_config(config, dtype=next(model.parameters()).dtype)
+    if describe(model) is not None:
+        return _truncated_quantized(model, draft, n_layers)
     if getattr(model, "specexec_offload", None) is not None:  # streamed layers: read them from disk
         from .offload import resident_state_dict
 
@@ -332,6 +378,26 @@ def truncated_copy(model: torch.nn.Module, n_layers: int = DEFAULT_DRAFT_LAYERS)
         raise ModelLoadError(f"cannot build a truncated draft: the target has no weights for {missing[:3]}")
     draft.load_state_dict({k: source[k].clone() for k in own}, strict=True)
     if getattr(config, "tie_word_embeddings", False):
+        draft.tie_weights()
+    return draft.to(next(model.parameters()).device).eval()
+
+
+def _truncated_quantized(model, draft, n_layers: int):
+    """A truncated draft of a quantized target: copies of its first decoder layers as they are (quantized),
+    its embeddings, norm and head."""
+    from .offload.packed import layer_copy
+    from .offload.plan import find_decoder_layers
+
+    name, layers = find_decoder_layers(model)
+    _, own = find_decoder_layers(draft)
+    for i in range(n_layers):
+        own[i] = layer_copy(model, layers, i)
+    rest = {k: v for k, v in model.state_dict().items() if not k.startswith(name + ".")}
+    missing, _ = draft.load_state_dict(rest, strict=False)
+    missing = [k for k in missing if not k.startswith(name + ".")]
+    if missing:
+        raise ModelLoadError(f"cannot build a truncated draft: the target has no weights for {missing[:3]}")
+    if getattr(draft.config, "tie_word_embeddings", False):
         draft.tie_weights()
     return draft.to(next(model.parameters()).device).eval()
 

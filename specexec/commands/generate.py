@@ -22,6 +22,11 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                         "K stored with the draft (the shipped draft's: docs/draft.md)")
     p.add_argument("--dtype", default="float32", help="float32 (default), bfloat16, float16, float64")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
+    p.add_argument("--quantize", default=None, choices=("int8", "int4"),
+                   help="quantize the target's weights as they load: int8 (torchao) or int4 (bitsandbytes NF4); "
+                        "docs/quantization.md")
+    p.add_argument("--draft-quantize", default=None, choices=("int8", "int4"),
+                   help="quantize the draft's weights the same way")
 
 
 def add_offload_arguments(p: argparse.ArgumentParser) -> None:
@@ -103,7 +108,8 @@ def run(args) -> int:
     draft = "none" if cfg.method == "autoregressive" and args.draft is None else args.draft
     engine = SpecExecEngine.from_pretrained(args.target, draft, dtype=args.dtype, device=args.device, config=cfg,
                                             offload=args.offload, device_size=args.device_size,
-                                            keep_layers=args.keep_layers, draft_vocab=args.draft_vocab)
+                                            keep_layers=args.keep_layers, draft_vocab=args.draft_vocab,
+                                            quantize=args.quantize, draft_quantize=args.draft_quantize)
     stream = engine.stream(prompt, chat=args.chat)
     pieces: list[str] = []
     try:

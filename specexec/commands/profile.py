@@ -70,7 +70,8 @@ def run(args) -> int:
     parse_draft(args.draft)
     engine = SpecExecEngine.from_pretrained(args.target, args.draft, dtype=args.dtype, device=args.device,
                                             offload=args.offload, device_size=args.device_size,
-                                            keep_layers=args.keep_layers, draft_vocab=args.draft_vocab)
+                                            keep_layers=args.keep_layers, draft_vocab=args.draft_vocab,
+                                            quantize=args.quantize, draft_quantize=args.draft_quantize)
     print("measuring forward passes (a few seconds)..." if args.refresh else "reading or measuring the cost profile...",
           file=sys.stderr)
     profile, path, measured = load_or_measure(engine.target_runner, engine.draft_runner, cache_root=cache_dir(),

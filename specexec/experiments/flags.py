@@ -66,6 +66,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     _flag(m, "--model_1", default=None, help="target model: hub id, folder, .gguf (default: the embedded model)")
     _flag(m, "--dtype", default="auto", help="auto (float16 on CUDA, float32 on CPU), float32, bfloat16, float16")
     _flag(m, "--device", default=None, help="cuda if available, else cpu")
+    _flag(m, "--quantize", default=None, choices=("int8", "int4"),
+          help="quantize the target's weights as they load: int8 (torchao) or int4 (bitsandbytes NF4)")
+    _flag(m, "--draft_quantize", default=None, choices=("int8", "int4"), help="quantize the draft's weights")
     _flag(m, "--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     _flag(m, "-o", "--offload", nargs="?", const="cpu", default=None, choices=("cpu", "disk"),
           help="stream the target's decoder layers: bare or 'cpu' = from pinned CPU RAM to a CUDA GPU (the "

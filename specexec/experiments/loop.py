@@ -138,7 +138,8 @@ def _load_engine(args, configs, device, dtype):
     t = time.perf_counter()
     engine = SpecExecEngine.from_pretrained(target, draft, dtype=dtype, device=device, offload=args.offload,
                                             device_size=args.device_size, keep_layers=args.keep_layers,
-                                            draft_vocab=args.draft_vocab)
+                                            draft_vocab=args.draft_vocab, quantize=args.quantize,
+                                            draft_quantize=args.draft_quantize)
     log.info(f"models loaded in {time.perf_counter() - t:.1f} s")
     return engine
 

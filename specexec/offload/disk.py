@@ -18,13 +18,15 @@ from .reader import LayerReader, aligned_empty
 
 
 class DiskTransport:
-    def __init__(self, plans: list[LayerPlan], slots: int, dtype: torch.dtype, reader: LayerReader | None = None):
+    def __init__(self, plans: list[LayerPlan], slots: int, dtype: torch.dtype | None,
+                 reader: LayerReader | None = None):
         self.plans = {p.index: p for p in plans}
         self.slots = slots
         self.reader = reader or LayerReader()
         self.raw = [aligned_empty(max(p.raw_nbytes for p in plans)) for _ in range(slots)]
         # a checkpoint in another dtype is converted after each read into a typed block per slot
-        self.convert = any(e.dtype != dtype for p in plans for e in p.params.values())
+        # (dtype None: every tensor is used in its file dtype, as packed quantized layers are)
+        self.convert = dtype is not None and any(e.dtype != dtype for p in plans for e in p.params.values())
         if self.convert:
             size = max(p.packed_offsets(dtype)[1] for p in plans)
             self.typed = [aligned_empty(size) for _ in range(slots)]

@@ -79,9 +79,9 @@ def build_skeleton(folder: str | Path, keep_layers: int, dtype: torch.dtype | No
     return model.eval(), layers, plans
 
 
-def attach(model, layers, plans: list[LayerPlan], transport, options: OffloadOptions | None = None):
+def attach(model, layers, plans: list[LayerPlan], transport, options: OffloadOptions | None = None, packing=None):
     """Stream ``plans``' layers of ``model`` through ``transport``; the transport stops with the model."""
-    streamer = LayerStreamer(layers, plans, transport)
+    streamer = LayerStreamer(layers, plans, transport, packing)
     streamer.options = options
     streamer.layers_name = model.specexec_layers_name
     model.specexec_offload = streamer

@@ -88,35 +88,39 @@ class LayerPlan:
             out[local] = _view(block, o, entry.nbytes, entry.dtype, entry.shape)
         return out
 
-    def packed_offsets(self, dtype: torch.dtype) -> tuple[dict[str, int], int]:
-        """Offsets of each tensor in a packed block of ``dtype`` tensors, and the block's size."""
+    def packed_offsets(self, dtype: torch.dtype | None) -> tuple[dict[str, int], int]:
+        """Offsets of each tensor in a packed block of ``dtype`` tensors (None: each in its file dtype),
+        and the block's size."""
         offsets, o = {}, 0
-        size = torch.empty((), dtype=dtype).element_size()
         for local, entry in self.params.items():
             o = _up(o, PACK_ALIGN)
             offsets[local] = o
-            n = 1
-            for d in entry.shape:
-                n *= d
-            o += n * size
+            o += _numel(entry.shape) * _size(dtype or entry.dtype)
         return offsets, _up(o, PACK_ALIGN)
 
-    def packed_views(self, block: torch.Tensor, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    def packed_views(self, block: torch.Tensor, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
         offsets, _ = self.packed_offsets(dtype)
-        size = torch.empty((), dtype=dtype).element_size()
         out = {}
         for local, entry in self.params.items():
-            n = 1
-            for d in entry.shape:
-                n *= d
-            out[local] = _view(block, offsets[local], n * size, dtype, entry.shape)
+            kind = dtype or entry.dtype
+            out[local] = _view(block, offsets[local], _numel(entry.shape) * _size(kind), kind, entry.shape)
         return out
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _size(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
 
 
 def _view(block: torch.Tensor, offset: int, nbytes: int, dtype: torch.dtype, shape) -> torch.Tensor:
     piece = block[offset: offset + nbytes]
-    size = torch.empty((), dtype=dtype).element_size()
-    if offset % size:
+    if offset % _size(dtype):
         raise OffloadError(f"a tensor at byte {offset} is not aligned to its dtype {dtype}; re-save the checkpoint "
                            "with a recent safetensors")
     return piece.view(dtype).view(shape)

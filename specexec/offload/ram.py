@@ -30,7 +30,7 @@ def host_block(nbytes: int, pin: bool) -> torch.Tensor:
 
 
 class RamTransport:
-    def __init__(self, plans: list[LayerPlan], slots: int, dtype: torch.dtype, device: torch.device,
+    def __init__(self, plans: list[LayerPlan], slots: int, dtype: torch.dtype | None, device: torch.device,
                  reader: LayerReader | None = None, pin: bool | None = None):
         self.device = torch.device(device)
         self.cuda = self.device.type == "cuda"
@@ -40,7 +40,7 @@ class RamTransport:
         self.host: dict[int, torch.Tensor] = {}
         raw = aligned_empty(max(p.raw_nbytes for p in plans))
         with torch.no_grad():
-            for p in plans:  # one packed block per layer, in the compute dtype
+            for p in plans:  # one packed block per layer, in the compute dtype (None: the file's)
                 self.reader.read(p, raw)
                 block = host_block(p.packed_offsets(dtype)[1], pin)
                 source = p.raw_views(raw)

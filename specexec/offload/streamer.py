@@ -4,6 +4,8 @@ The model's layer list is never replaced (transformers slices it). At rest a str
 parameters are meta tensors; a forward pre-hook waits for the layer's buffer and swaps the
 buffer's views in as the layer's parameters; a forward post-hook (run even if the layer
 raised) swaps the meta tensors back, releases the buffer and issues the next load into it.
+A *packing* (:mod:`.packed`) stands between buffer and layer when a parameter is made of several
+tensors (quantized weights): it names the layer's parameters and assembles them from the views.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from .scheduler import RingSchedule
 
 
 class LayerStreamer:
-    def __init__(self, layers: torch.nn.ModuleList, plans: list[LayerPlan], transport):
+    def __init__(self, layers: torch.nn.ModuleList, plans: list[LayerPlan], transport, packing=None):
+        self.packing = packing
         self.plans = {p.index: p for p in plans}
         self.transport = transport
         self.schedule = RingSchedule([p.index for p in plans], transport.slots)
@@ -30,7 +33,7 @@ class LayerStreamer:
         for p in plans:
             layer = layers[p.index]
             targets, meta = [], {}
-            for local in p.params:
+            for local in (packing.param_names(p.index) if packing is not None else p.params):
                 path, _, pname = local.rpartition(".")
                 module = layer.get_submodule(path) if path else layer
                 targets.append((module, pname, local))
@@ -66,6 +69,8 @@ class LayerStreamer:
             except BaseException:
                 self.schedule.next_compute = None  # the next pass restarts the rotation
                 raise
+            if self.packing is not None:
+                params = self.packing.assemble(index, params)
             self._swap(index, params)
             self._active = (index, k)
             self.computed.append(index)

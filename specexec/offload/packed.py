@@ -1,0 +1,275 @@
+"""Streaming quantized decoder layers in their packed form.
+
+A quantized weight is several tensors: torchao's ``Int8Tensor`` holds int8 ``qdata`` and float
+scales; a bitsandbytes ``Params4bit`` holds two 4-bit codes a byte plus its quantization state's
+``absmax`` and code book. :func:`stream_packed` takes a resident quantized model, runs it once (so
+that a kernel that repacks weights on first use, as bitsandbytes does on AVX512-BF16 CPUs, has done
+so), writes every streamed layer's tensors as they are then, one safetensors file a layer (a
+cached *packed store*), frees them, and streams the layers from that store through the usual
+transports, every tensor in its own dtype. Per pass the reader moves the packed bytes only.
+
+A :class:`Packing` rebuilds each parameter from the buffer's views before every layer runs:
+a fresh object each time, so no state a kernel builds for one layer's weights survives into
+another layer's (the buffers are shared by the layers in rotation).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import shutil
+import struct
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+from ..errors import OffloadError
+from .layout import DTYPES, read_header
+from .plan import PACK_ALIGN, LayerPlan, find_decoder_layers
+
+SEP = "::"  # "<parameter>::<piece>" names a piece of a parameter in the packed store
+
+
+class Packing:
+    """How each streamed parameter is cut into plain tensors and put back together."""
+
+    def __init__(self):
+        # (layer, param) -> (kind, what rebuilding needs, piece names)
+        self.kinds: dict[tuple[int, str], tuple[str, object, list[str]]] = {}
+        self.names: dict[int, list[str]] = {}
+
+    def cut(self, index: int, local: str, param: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The plain tensors of one parameter, by piece name; remembers how to rebuild it."""
+        if type(param).__name__ == "Params4bit":
+            kind, template = "bnb4", param
+            pieces = {"data": param.data, **{f"qs.{k}": v for k, v in _state_tensors(param.quant_state).items()}}
+        elif hasattr(param, "__tensor_flatten__") and type(param) not in (torch.Tensor, torch.nn.Parameter):
+            names, ctx = param.__tensor_flatten__()
+            kind, template = "subclass", (type(param), ctx, tuple(param.size()), tuple(param.stride()))
+            pieces = {n: getattr(param, n) for n in names}
+        elif type(param) in (torch.Tensor, torch.nn.Parameter):
+            kind, template, pieces = "plain", None, {"": param.data}
+        else:
+            raise OffloadError(f"decoder layer {index}: parameter {local} is a {type(param).__name__}, which "
+                               "offloading cannot stream (supported: float tensors, torchao int8, bitsandbytes 4-bit)")
+        self.names.setdefault(index, []).append(local)
+        self.kinds[index, local] = (kind, template, list(pieces))
+        return pieces
+
+    def param_names(self, index: int) -> list[str]:
+        return self.names[index]
+
+    def assemble(self, index: int, views: dict[str, torch.Tensor]) -> dict[str, torch.nn.Parameter]:
+        """Layer ``index``'s parameters over one buffer's views (``views`` keyed '<param>::<piece>')."""
+        out = {}
+        for local in self.names[index]:
+            kind, template, names = self.kinds[index, local]
+            if kind == "plain":
+                out[local] = views[local + SEP]
+                continue
+            pieces = {n: views[local + SEP + n].data for n in names}
+            if kind == "subclass":
+                cls, ctx, size, stride = template
+                out[local] = torch.nn.Parameter(cls.__tensor_unflatten__(pieces, ctx, size, stride),
+                                                requires_grad=False)
+            else:
+                out[local] = _params4bit(template, pieces)
+        return out
+
+
+def _state_tensors(qs, prefix: str = "") -> dict[str, torch.Tensor]:
+    """The tensors of a bitsandbytes QuantState (and its nested state2), by attribute path."""
+    out = {}
+    for key, value in vars(qs).items():
+        if isinstance(value, torch.Tensor):
+            out[prefix + key] = value
+        elif key == "state2" and value is not None:
+            out.update(_state_tensors(value, prefix + "state2."))
+    return out
+
+
+def _params4bit(template, pieces: dict[str, torch.Tensor]):
+    from bitsandbytes.nn import Params4bit
+
+    qs = copy.copy(template.quant_state)
+    if getattr(qs, "state2", None) is not None:
+        qs.state2 = copy.copy(qs.state2)
+    for name, value in pieces.items():
+        if not name.startswith("qs."):
+            continue
+        owner, attr = qs, name[3:]
+        while "." in attr:
+            head, attr = attr.split(".", 1)
+            owner = getattr(owner, head)
+        setattr(owner, attr, value)
+    return Params4bit(data=pieces["data"], requires_grad=False, quant_state=qs, blocksize=template.blocksize,
+                      compress_statistics=template.compress_statistics, quant_type=template.quant_type,
+                      quant_storage=template.quant_storage, module=template.module, bnb_quantized=True)
+
+
+def store_key(model, first: int, source: str) -> str:
+    """What the packed store depends on: the checkpoint, the quantization, the first streamed layer."""
+    import importlib.metadata as md
+
+    versions = {}
+    for pkg in ("torch", "torchao", "bitsandbytes", "transformers"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            versions[pkg] = None
+    layers_name, layers = find_decoder_layers(model)
+    kinds = sorted({type(p).__name__ for p in layers[first].parameters()} | {str(p.dtype) for p in layers[first].parameters()})
+    packed_cpu = [getattr(getattr(p, "quant_state", None), "packing_format_for_cpu", False)
+                  for p in layers[first].parameters()]
+    text = json.dumps([source, first, len(layers), versions, kinds, any(packed_cpu),
+                       getattr(model.config, "quantization_config", None) and str(model.config.quantization_config)],
+                      sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def stream_packed(model, options, store_root: Path, source: str, reader=None):
+    """Stream ``model``'s decoder layers from ``options.keep_layers`` on from a packed store under
+    ``store_root`` (written once per ``source`` and quantization); returns the model."""
+    from .loading import attach
+
+    layers_name, layers = find_decoder_layers(model)
+    first = min(options.keep_layers, len(layers))
+    if first >= len(layers):
+        return model
+    from ..quantize import describe
+
+    device = next(model.parameters()).device
+    model.specexec_quantization = describe(model)
+    with torch.no_grad():  # a first run: kernels that repack weights on first use do it now
+        model(torch.zeros(1, 1, dtype=torch.long, device=device))
+    packing = Packing()
+    pieces_by_layer = {}
+    for i in range(first, len(layers)):
+        pieces = {}
+        for local, param in list(layers[i].named_parameters()):
+            for piece, tensor in packing.cut(i, local, param).items():
+                pieces[local + SEP + piece] = tensor
+        pieces_by_layer[i] = pieces
+    folder = store_root / store_key(model, first, source)
+    if not (folder / "complete").exists():
+        _write_store(folder, pieces_by_layer)
+    try:
+        plans = _plans(folder, pieces_by_layer)
+    except OffloadError as err:  # a damaged cache: written again from the model in memory
+        warnings.warn(f"specexec: rebuilding the packed layer store {folder}: {err}", RuntimeWarning, stacklevel=2)
+        shutil.rmtree(folder, ignore_errors=True)
+        _write_store(folder, pieces_by_layer)
+        plans = _plans(folder, pieces_by_layer)
+    for i in range(first, len(layers)):  # the resident copies go: the store is what streams now
+        for local in packing.param_names(i):
+            path, _, pname = local.rpartition(".")
+            module = layers[i].get_submodule(path) if path else layers[i]
+            old = module._parameters[pname]
+            module._parameters[pname] = torch.nn.Parameter(torch.empty(old.shape, dtype=old.dtype, device="meta"),
+                                                           requires_grad=False)
+    del pieces_by_layer
+    slots = min(options.device_size, len(plans))
+    if options.mode == "disk":
+        from .disk import DiskTransport
+
+        transport = DiskTransport(plans, slots, None, reader)
+    else:
+        from .ram import RamTransport
+
+        transport = RamTransport(plans, slots, None, device, reader)
+    model.specexec_layers_name = layers_name
+    model.specexec_packed_store = folder
+    return attach(model, layers, plans, transport, options, packing)
+
+
+def _plans(folder: Path, pieces_by_layer: dict[int, dict[str, torch.Tensor]]) -> list[LayerPlan]:
+    """The read plans of the store's layers, checked against the model's pieces and the files' sizes."""
+    plans = []
+    for i, pieces in pieces_by_layer.items():
+        entries, _ = read_header(folder / f"layer-{i:05d}.safetensors")
+        entries = {k: v for k, v in entries.items() if not k.startswith("__pad__")}
+        if {k: (v.dtype, v.shape) for k, v in entries.items()} != \
+                {k: (t.dtype, tuple(t.shape)) for k, t in pieces.items()}:
+            raise OffloadError(f"decoder layer {i}: the store's tensors do not match the model's")
+        plan = LayerPlan(i, entries)
+        plan.check_files()
+        plans.append(plan)
+    return plans
+
+
+def _write_store(folder: Path, pieces_by_layer: dict[int, dict[str, torch.Tensor]]) -> None:
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".packing-"))
+    try:
+        for i, pieces in pieces_by_layer.items():
+            write_aligned(tmp / f"layer-{i:05d}.safetensors", pieces)
+        (tmp / "complete").write_text("")
+        if (folder / "complete").exists():  # another process wrote it meanwhile
+            return
+        if folder.exists():  # an interrupted write
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+
+
+def write_aligned(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """A safetensors file whose every tensor starts at a multiple of ``PACK_ALIGN`` bytes in the file,
+    so that its views in a 4096-aligned read buffer are aligned as freshly allocated tensors are (CPU
+    kernels may round differently for other alignments). The gaps are filled by padding tensors
+    (``__pad__N``) so that the file stays valid safetensors."""
+    header, order, offset = {}, [], 0
+    for name, tensor in tensors.items():
+        tensor = tensor.detach().to("cpu").contiguous()
+        gap = -offset % PACK_ALIGN
+        if gap:
+            pad = f"__pad__{len(order)}"
+            header[pad] = {"dtype": "U8", "shape": [gap], "data_offsets": [offset, offset + gap]}
+            order.append(bytes(gap))
+            offset += gap
+        data = tensor.view(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b""
+        header[name] = {"dtype": DTYPE_NAMES[tensor.dtype], "shape": list(tensor.shape),
+                        "data_offsets": [offset, offset + len(data)]}
+        order.append(data)
+        offset += len(data)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-(8 + len(text)) % PACK_ALIGN)  # the data starts aligned too
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text)
+        for data in order:
+            f.write(data)
+
+
+def layer_copy(model, layers, index: int) -> torch.nn.Module:
+    """A resident copy of decoder layer ``index`` (its weights read from the packed store if it streams),
+    without the streaming hooks."""
+    layer = copy.deepcopy(layers[index])
+    for hooks in (layer._forward_pre_hooks, layer._forward_hooks, layer._forward_hooks_always_called,
+                  layer._forward_hooks_with_kwargs, layer._forward_pre_hooks_with_kwargs):
+        hooks.clear()
+    streamer = getattr(model, "specexec_offload", None)
+    if streamer is None or index not in streamer.plans:
+        return layer
+    from .reader import LayerReader, aligned_empty
+
+    plan = streamer.plans[index]
+    block = aligned_empty(plan.raw_nbytes)
+    reader = LayerReader()
+    try:
+        reader.read(plan, block)
+    finally:
+        reader.close()
+    views = {k: torch.nn.Parameter(v, requires_grad=False) for k, v in plan.raw_views(block).items()}
+    params = streamer.packing.assemble(index, views) if streamer.packing is not None else views
+    for local, value in params.items():
+        path, _, pname = local.rpartition(".")
+        (layer.get_submodule(path) if path else layer)._parameters[pname] = value
+    return layer
