@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from specexec import SpecExecEngine
-from specexec.cli import main
 from specexec.errors import ModelLoadError, OffloadError
 from specexec.models import load_model, truncated_copy
 from specexec.offload.packed import Packing
@@ -265,10 +264,11 @@ def test_broken_or_unavailable_checkpoint_quantization_is_one_line(qconfig, mess
     assert "\n" not in str(err.value)
 
 
-def test_a_prequantized_checkpoint_loads_streams_and_refuses_quantizing_twice(folders, tmp_path):
-    model = quantized(folders["llama"], "int4")
-    out = tmp_path / "nf4"
-    model.save_pretrained(out)  # a bitsandbytes NF4 checkpoint, as published on the hub
+@pytest.mark.parametrize("mode", MODES)
+def test_a_prequantized_checkpoint_loads_streams_and_refuses_quantizing_twice(mode, folders, tmp_path):
+    model = quantized(folders["llama"], mode)
+    out = tmp_path / mode
+    model.save_pretrained(out)  # a torchao int8 / bitsandbytes NF4 checkpoint, as published on the hub
     loaded = load_model(str(out), dtype="float32", with_tokenizer=False).model
     ids = torch.tensor([[1, 2, 3, 40]])
     with torch.no_grad():
@@ -285,6 +285,9 @@ def test_a_prequantized_checkpoint_loads_streams_and_refuses_quantizing_twice(fo
     (["generate", "--prompt", "hi", "--draft", "self", "--draft-quantize", "int8"], "does not apply to --draft self"),
 ])
 def test_cli_quantize_errors_are_one_line(argv, message, capsys):
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
+    from test_bad_input import main_in_process
+
+    code, err = main_in_process(capsys, *argv)
+    assert code == 2
+    err = err.strip()
     assert message in err.splitlines()[-1] and "Traceback" not in err, err

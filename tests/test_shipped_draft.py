@@ -49,6 +49,26 @@ def test_default_draft_of_the_embedded_target_is_the_shipped_one(embedded, monke
     assert draft.config.num_hidden_layers == 2
 
 
+def test_the_shipped_draft_takes_its_target_in_any_precision_and_refuses_another(embedded):
+    import copy
+
+    from specexec.errors import ModelLoadError
+
+    model, _ = embedded
+    for dtype in (torch.bfloat16, torch.float16):  # rounding moves the embeddings' fingerprint a little
+        low = copy.deepcopy(model).to(dtype)
+        assert next(load_shipped_draft(low).parameters()).dtype == dtype
+        del low
+    weight = model.get_input_embeddings().weight
+    row = weight.data[3].clone()
+    try:
+        weight.data[3] += 0.05  # another model's embeddings
+        with pytest.raises(ModelLoadError, match="distilled from a different target"):
+            load_shipped_draft(model)
+    finally:
+        weight.data[3] = row
+
+
 def test_specexec_with_the_shipped_draft_is_greedy_exact(embedded, shipped):
     model, tokenizer = embedded
     engine = SpecExecEngine(model, tokenizer, shipped, draft_tokenizer=tokenizer)
