@@ -30,15 +30,19 @@ def default_draft(name: str | None, target: LoadedModel, *, dtype="float32", dev
     check_draft_quantize(name, quantize)
     model, tokenizer = _choose(name, kind, layers_asked, target, dtype, device, draft_layers, draft_vocab, quantize)
     if quantize is not None and kind != "model":  # built in this process: quantized in place
-        from .quantize import quantize_model
+        from .quantize import QuantizationError, quantize_model
 
-        model = quantize_model(model, quantize)
+        try:
+            model = quantize_model(model, quantize)
+        except QuantizationError as err:  # a copy of a quantized target's layers
+            raise ConfigError(f"--draft-quantize {quantize}: the draft copies the target's layers and {err}; "
+                              "drop --draft-quantize or name a --draft model") from None
     return model, tokenizer
 
 
 def check_draft_quantize(name: str | None, quantize: str | None) -> None:
-    if quantize is not None and parse_draft(name)[0] in ("self", "none"):
-        raise ConfigError(f"--draft-quantize does not apply to --draft {name} (for the target: use --quantize)")
+    if quantize is not None and parse_draft(name)[0] == "self":
+        raise ConfigError("--draft-quantize does not apply to --draft self (the draft is the target: use --quantize)")
 
 
 def _choose(name, kind, layers_asked, target: LoadedModel, dtype, device, draft_layers, draft_vocab, quantize):

@@ -299,8 +299,12 @@ def _load_offloaded(name, dtype, device, with_tokenizer, mode, device_size, keep
         # quantized layers: loaded once (quantized), then streamed from a store of their packed tensors
         from .offload.packed import stream_packed
 
-        loaded = load_model(str(folder), dtype=dtype, device=str(compute), with_tokenizer=with_tokenizer,
-                            quantize=quantize)
+        if mode != "disk":
+            from .errors import OffloadError
+
+            raise OffloadError("quantized layers stream from disk only for now (--offload disk); "
+                               "--offload cpu streams float weights")
+        loaded = load_model(str(folder), dtype=dtype, device=str(compute), with_tokenizer=False, quantize=quantize)
         source = _folder_fingerprint(folder) + [quantize, str(parse_dtype(dtype))]
         model = stream_packed(loaded.model, options, cache_dir() / "packed", json.dumps(source))
     else:
@@ -319,7 +323,8 @@ def _quantized_checkpoint(folder: Path) -> bool:
 
 def _folder_fingerprint(folder: Path) -> list:
     """A checkpoint folder's identity for caches: its path and its weight files' sizes and times."""
-    files = sorted(Path(folder).glob("*.safetensors"))
+    files = sorted([*Path(folder).glob("*.safetensors"), *Path(folder).glob("*.bin"), Path(folder) / "config.json"])
+    files = [f for f in files if f.exists()]
     return [str(Path(folder).resolve())] + [[f.name, f.stat().st_size, int(f.stat().st_mtime)] for f in files]
 
 
@@ -392,7 +397,8 @@ def _truncated_quantized(model, draft, n_layers: int):
     _, own = find_decoder_layers(draft)
     for i in range(n_layers):
         own[i] = layer_copy(model, layers, i)
-    rest = {k: v for k, v in model.state_dict().items() if not k.startswith(name + ".")}
+    rest = {k: v for k, v in [*model.named_parameters(remove_duplicate=False), *model.named_buffers()]  # not state_dict(),
+            if not k.startswith(name + ".")}  # which may unpack quantized layers
     missing, _ = draft.load_state_dict(rest, strict=False)
     missing = [k for k in missing if not k.startswith(name + ".")]
     if missing:

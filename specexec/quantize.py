@@ -37,6 +37,7 @@ BACKENDS = {
     "compressed-tensors": ("compressed_tensors", "compressed-tensors", False),
 }
 MODE_BACKEND = {"int8": "torchao", "int4": "bitsandbytes"}
+DESCRIPTIONS = {"int8": "Int8Tensor (torchao)", "int4": "nf4 (bitsandbytes)"}  # what describe() says of each
 
 
 def parse_quantize(mode: str | None) -> str | None:
@@ -53,13 +54,13 @@ def require_backend(method: str, device: torch.device | str | None = None, what:
         known = ", ".join(sorted(BACKENDS))
         raise QuantizationError(f"{what}quantization method {method!r} is not supported (known: {known})")
     module, extra, cuda_only = BACKENDS[method]
-    if importlib.util.find_spec(module) is None:
-        raise QuantizationError(f"{what}{method} quantization needs the package {module}: "
-                                f"pip install 'specexec[{extra}]'")
     dev = torch.device(device or "cpu")
     if cuda_only and dev.type != "cuda":
         raise QuantizationError(f"{what}{method} checkpoints run on CUDA GPUs only (asked: {dev}); "
                                 "use --device cuda, or --quantize int8|int4 on a float checkpoint")
+    if importlib.util.find_spec(module) is None:
+        raise QuantizationError(f"{what}{method} quantization needs the package {module}: "
+                                f"pip install 'specexec[{extra}]'")
 
 
 def quantization_config(mode: str, dtype: torch.dtype):
@@ -94,17 +95,24 @@ def check_checkpoint(config, device, quantize: str | None, name: str) -> None:
     if method is None:
         return
     if quantize is not None:
-        raise QuantizationError(f"{name} is already quantized ({method}); drop --quantize")
+        raise QuantizationError(f"{name} is already quantized ({method}): load it without quantizing it again")
     require_backend(method, device, what=f"{name}: ")
 
 
 def quantize_model(model: torch.nn.Module, mode: str) -> torch.nn.Module:
-    """Quantize ``model``'s linear layers in place (all but the output head), as loading with ``mode`` does."""
+    """Quantize ``model``'s float linear layers in place (all but the output head), as loading with ``mode``
+    does. A model that is already quantized is refused unless it is quantized that way already."""
     require_backend(MODE_BACKEND[mode], what=f"--quantize {mode}: ")
+    present = describe(model)
+    if present is not None:
+        if present == DESCRIPTIONS[mode]:
+            return model
+        raise QuantizationError(f"this model is already quantized ({present}); it cannot be quantized to {mode}")
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     dtype = next(model.parameters()).dtype
     linears = [(name, m) for name, m in model.named_modules()
-               if type(m) is torch.nn.Linear and m is not head]
+               if type(m) is torch.nn.Linear and m is not head and type(m.weight) is torch.nn.Parameter
+               and m.weight.is_floating_point()]
     if mode == "int8":
         from torchao.quantization import Int8WeightOnlyConfig, quantize_
 

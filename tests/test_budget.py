@@ -219,6 +219,12 @@ def test_profile_cache_is_reused_and_keyed_by_setting(pair):
     other = ModelRunner(tiny_model("llama", dtype=torch.float32, layers=3))
     _, path3, measured3 = load_or_measure(target, other, cache_root=root, seconds=0.5)
     assert measured3 and path3 != path
+    # the same draft quantized in place (its config unchanged): another key too
+    from specexec.quantize import quantize_model
+
+    quantized = quantize_model(tiny_model("llama", seed=1, dtype=torch.float32), "int8")
+    assert quantized.config.to_json_string() == draft.model.config.to_json_string()
+    assert cache.profile_path(root, cache.profile_key(target.model, quantized)) != path
 
 
 @pytest.mark.parametrize("damage", ["not json", json.dumps({"key": "x", "profile": {}}),

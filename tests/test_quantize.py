@@ -193,6 +193,56 @@ def test_the_ram_tier_streams_packed_layers_too(folders):
         assert torch.equal(model(ids).logits, resident(ids).logits)
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_streaming_frees_the_resident_layers(mode, folders):
+    import gc
+    import weakref
+
+    from specexec.models import cache_dir
+    from specexec.offload import OffloadOptions
+    from specexec.offload.packed import stream_packed
+
+    model = quantized(folders["llama"], mode)
+    owners = []  # every object holding a layer's weights: the parameters and their inner tensors
+    for layer in find_decoder_layers(model)[1]:
+        for p in layer.parameters():
+            owners.append(p)
+            if hasattr(p, "quant_state"):
+                owners += [t for t in vars(p.quant_state).values() if isinstance(t, torch.Tensor)]
+            elif type(p) is not torch.nn.Parameter:
+                owners += [getattr(p, n) for n in p.__tensor_flatten__()[0]]
+    assert len(owners) > 2 * len(find_decoder_layers(model)[1])
+    refs = [weakref.ref(t) for t in owners]
+    del owners, p
+    model = stream_packed(model, OffloadOptions("disk", 2), cache_dir() / "packed", "free test")
+    gc.collect()
+    assert not [r for r in refs if r() is not None]  # only the packed store holds the layers now
+
+
+def test_no_state_of_one_pass_survives_into_the_next(folders):
+    resident = fresh(quantized(folders["llama"], "int4"))
+    streamed = quantized(folders["llama"], "int4", offload="disk", device_size=1)  # every layer in one buffer
+    up = find_decoder_layers(streamed)[1][0].mlp.up_proj
+    seen = []
+
+    def tamper(module, args):  # what a kernel that rewrites its weight's state on first use would do
+        w = module.weight
+        seen.append(w)
+        w.quant_state.absmax = torch.zeros_like(w.quant_state.absmax)
+        module.quant_state = w.quant_state
+
+    ids = torch.tensor([[2, 7, 1, 8]])
+    handle = up.register_forward_pre_hook(tamper)
+    with torch.no_grad():
+        tampered = streamed(ids).logits
+        handle.remove()
+        assert not torch.equal(tampered, resident(ids).logits)
+        handle = up.register_forward_pre_hook(lambda module, args: seen.append(module.weight))
+        assert torch.equal(streamed(ids).logits, resident(ids).logits)
+    handle.remove()
+    assert len(seen) == 2 and seen[1] is not seen[0]  # a new parameter object every pass
+
+
 def test_the_packed_store_is_written_once_and_a_damaged_one_rebuilt(folders):
     first = quantized(folders["llama"], "int8", offload="disk")
     store = first.specexec_packed_store
@@ -202,6 +252,13 @@ def test_the_packed_store_is_written_once_and_a_damaged_one_rebuilt(folders):
     assert {f.name: f.stat().st_mtime_ns for f in store.iterdir()} == stamp  # reused, not rewritten
     other = quantized(folders["llama"], "int4", offload="disk")
     assert other.specexec_packed_store != store
+    kept = quantized(folders["llama"], "int8", offload="disk", keep_layers=1)  # the same store serves it
+    assert kept.specexec_packed_store == store and len(kept.specexec_offload.plans) == 2
+    from safetensors.torch import load_file
+
+    for f in sorted(store.glob("layer-*.safetensors")):  # valid safetensors files, every tensor aligned
+        tensors = {k: v for k, v in load_file(f).items() if not k.startswith("__pad__")}
+        assert tensors and all("::" in k for k in tensors)
     layer = sorted(store.glob("layer-*.safetensors"))[-1]
     layer.write_bytes(layer.read_bytes()[:-100])
     with pytest.warns(RuntimeWarning, match="rebuilding the packed layer store .* truncated"):
@@ -255,7 +312,7 @@ def _prequantized(folder, tmp_path, quantization_config):
 @pytest.mark.parametrize("qconfig, message", [
     ({"quant_method": "nonsense"}, "quantization method 'nonsense' is not supported"),
     ({"bits": 4}, "has no quant_method: its config.json is broken"),
-    ({"quant_method": "gptq", "bits": 4}, "gptq"),
+    ({"quant_method": "gptq", "bits": 4}, "gptq checkpoints run on CUDA GPUs only"),
 ])
 def test_broken_or_unavailable_checkpoint_quantization_is_one_line(qconfig, message, folders, tmp_path):
     folder = _prequantized(folders["llama"], tmp_path, qconfig)
@@ -278,6 +335,25 @@ def test_a_prequantized_checkpoint_loads_streams_and_refuses_quantizing_twice(mo
         assert torch.equal(streamed(ids).logits, want)
     with pytest.raises(QuantizationError, match="already quantized"):
         load_model(str(out), with_tokenizer=False, quantize="int8")
+
+
+def test_quantizing_a_quantized_draft_again_is_refused_or_a_no_op(folders):
+    from specexec.drafts import default_draft
+    from specexec.errors import ConfigError
+    from specexec.models import LoadedModel
+
+    target = LoadedModel(quantized(folders["llama"], "int8"), None, "tiny")
+    draft, _ = default_draft("truncated:1", target, quantize="int8")  # already int8: nothing to do
+    assert describe(draft) == "Int8Tensor (torchao)"
+    with pytest.raises(ConfigError, match="the draft copies the target's layers"):
+        default_draft("truncated:1", target, quantize="int4")
+    assert default_draft("none", target, quantize="int4") == (None, None)
+
+
+def test_quantized_layers_are_not_streamed_to_a_gpu_yet(folders, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a GPU machine
+    with pytest.raises(OffloadError, match="quantized layers stream from disk only"):
+        quantized(folders["llama"], "int4", offload="cpu")
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -1,6 +1,6 @@
 """Cost profiles cached in the user cache, one file per setting.
 
-A profile is valid for one (target, draft, dtype, device, offload mode, machine): the key
+A profile is valid for one (target, draft, dtype, quantization, device, offload mode, machine): the key
 names each, and the file name is the key's digest, so changing any of them measures anew.
 A file that cannot be read back is measured again, with a warning.
 """
@@ -31,13 +31,16 @@ def machine_identity(device: torch.device) -> dict:
 
 
 def model_identity(model) -> dict | None:
+    from ..quantize import describe
+
     if model is None:
         return None
     config = model.config
     text = config.to_json_string(use_diff=False) if hasattr(config, "to_json_string") else repr(config)
     return {"name": str(getattr(config, "_name_or_path", "") or ""),
             "config": hashlib.sha256(text.encode()).hexdigest()[:16],
-            "parameters": sum(p.numel() for p in model.parameters())}
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "quantization": describe(model)}  # a draft quantized in place keeps its config
 
 
 def offload_identity(model) -> str:

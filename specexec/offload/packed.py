@@ -16,6 +16,7 @@ another layer's (the buffers are shared by the layers in rotation).
 from __future__ import annotations
 
 import copy
+import fcntl
 import hashlib
 import json
 import os
@@ -45,7 +46,7 @@ class Packing:
     def cut(self, index: int, local: str, param: torch.Tensor) -> dict[str, torch.Tensor]:
         """The plain tensors of one parameter, by piece name; remembers how to rebuild it."""
         if type(param).__name__ == "Params4bit":
-            kind, template = "bnb4", param
+            kind, template = "bnb4", _bnb_template(param)
             pieces = {"data": param.data, **{f"qs.{k}": v for k, v in _state_tensors(param.quant_state).items()}}
         elif hasattr(param, "__tensor_flatten__") and type(param) not in (torch.Tensor, torch.nn.Parameter):
             names, ctx = param.__tensor_flatten__()
@@ -56,6 +57,10 @@ class Packing:
         else:
             raise OffloadError(f"decoder layer {index}: parameter {local} is a {type(param).__name__}, which "
                                "offloading cannot stream (supported: float tensors, torchao int8, bitsandbytes 4-bit)")
+        for piece, tensor in pieces.items():
+            if type(tensor) not in (torch.Tensor, torch.nn.Parameter) or tensor.dtype not in DTYPE_NAMES:
+                raise OffloadError(f"decoder layer {index}: parameter {local} holds a {type(tensor).__name__} of "
+                                   f"{tensor.dtype} ({piece or 'data'}), which offloading cannot stream")
         self.names.setdefault(index, []).append(local)
         self.kinds[index, local] = (kind, template, list(pieces))
         return pieces
@@ -92,10 +97,26 @@ def _state_tensors(qs, prefix: str = "") -> dict[str, torch.Tensor]:
     return out
 
 
-def _params4bit(template, pieces: dict[str, torch.Tensor]):
+def _bnb_template(param) -> dict:
+    """What rebuilding a Params4bit needs, without its tensors (which must not stay in RAM)."""
+    def bare(qs):
+        qs = copy.copy(qs)
+        for key, value in vars(qs).items():
+            if isinstance(value, torch.Tensor):
+                setattr(qs, key, None)
+            elif key == "state2" and value is not None:
+                qs.state2 = bare(value)
+        return qs
+
+    return {"quant_state": bare(param.quant_state), "blocksize": param.blocksize,
+            "compress_statistics": param.compress_statistics, "quant_type": param.quant_type,
+            "quant_storage": param.quant_storage, "module": param.module}
+
+
+def _params4bit(template: dict, pieces: dict[str, torch.Tensor]):
     from bitsandbytes.nn import Params4bit
 
-    qs = copy.copy(template.quant_state)
+    qs = copy.copy(template["quant_state"])
     if getattr(qs, "state2", None) is not None:
         qs.state2 = copy.copy(qs.state2)
     for name, value in pieces.items():
@@ -106,13 +127,12 @@ def _params4bit(template, pieces: dict[str, torch.Tensor]):
             head, attr = attr.split(".", 1)
             owner = getattr(owner, head)
         setattr(owner, attr, value)
-    return Params4bit(data=pieces["data"], requires_grad=False, quant_state=qs, blocksize=template.blocksize,
-                      compress_statistics=template.compress_statistics, quant_type=template.quant_type,
-                      quant_storage=template.quant_storage, module=template.module, bnb_quantized=True)
+    rest = {k: v for k, v in template.items() if k != "quant_state"}
+    return Params4bit(data=pieces["data"], requires_grad=False, quant_state=qs, bnb_quantized=True, **rest)
 
 
-def store_key(model, first: int, source: str) -> str:
-    """What the packed store depends on: the checkpoint, the quantization, the first streamed layer."""
+def store_key(model, source: str) -> str:
+    """What the packed store depends on: the checkpoint (``source``), the quantization, the libraries."""
     import importlib.metadata as md
 
     versions = {}
@@ -121,12 +141,12 @@ def store_key(model, first: int, source: str) -> str:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             versions[pkg] = None
-    layers_name, layers = find_decoder_layers(model)
-    kinds = sorted({type(p).__name__ for p in layers[first].parameters()} | {str(p.dtype) for p in layers[first].parameters()})
-    packed_cpu = [getattr(getattr(p, "quant_state", None), "packing_format_for_cpu", False)
-                  for p in layers[first].parameters()]
-    text = json.dumps([source, first, len(layers), versions, kinds, any(packed_cpu),
-                       getattr(model.config, "quantization_config", None) and str(model.config.quantization_config)],
+    _, layers = find_decoder_layers(model)
+    params = list(layers[0].parameters())
+    kinds = sorted({type(p).__name__ for p in params} | {str(p.dtype) for p in params})
+    packed_cpu = any(getattr(getattr(p, "quant_state", None), "packing_format_for_cpu", False) for p in params)
+    quantization = getattr(model.config, "quantization_config", None)
+    text = json.dumps([source, len(layers), versions, kinds, packed_cpu, quantization and str(quantization)],
                       sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
@@ -147,23 +167,26 @@ def stream_packed(model, options, store_root: Path, source: str, reader=None):
     with torch.no_grad():  # a first run: kernels that repack weights on first use do it now
         model(torch.zeros(1, 1, dtype=torch.long, device=device))
     packing = Packing()
-    pieces_by_layer = {}
-    for i in range(first, len(layers)):
+    pieces_by_layer = {}  # every layer is stored, so that any keep_layers finds its layers in one store
+    for i in range(len(layers)):
         pieces = {}
         for local, param in list(layers[i].named_parameters()):
             for piece, tensor in packing.cut(i, local, param).items():
                 pieces[local + SEP + piece] = tensor
         pieces_by_layer[i] = pieces
-    folder = store_root / store_key(model, first, source)
-    if not (folder / "complete").exists():
-        _write_store(folder, pieces_by_layer)
-    try:
-        plans = _plans(folder, pieces_by_layer)
-    except OffloadError as err:  # a damaged cache: written again from the model in memory
-        warnings.warn(f"specexec: rebuilding the packed layer store {folder}: {err}", RuntimeWarning, stacklevel=2)
-        shutil.rmtree(folder, ignore_errors=True)
-        _write_store(folder, pieces_by_layer)
-        plans = _plans(folder, pieces_by_layer)
+    folder = store_root / store_key(model, source)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f".{folder.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one writer per store; readers wait for it to be complete
+        if not (folder / "complete").exists():
+            _write_store(folder, pieces_by_layer)
+        try:
+            plans = _plans(folder, pieces_by_layer, first)
+        except OffloadError as err:  # a damaged cache: written again from the model in memory
+            warnings.warn(f"specexec: rebuilding the packed layer store {folder}: {err}", RuntimeWarning,
+                          stacklevel=2)
+            _write_store(folder, pieces_by_layer)
+            plans = _plans(folder, pieces_by_layer, first)
     for i in range(first, len(layers)):  # the resident copies go: the store is what streams now
         for local in packing.param_names(i):
             path, _, pname = local.rpartition(".")
@@ -171,6 +194,8 @@ def stream_packed(model, options, store_root: Path, source: str, reader=None):
             old = module._parameters[pname]
             module._parameters[pname] = torch.nn.Parameter(torch.empty(old.shape, dtype=old.dtype, device="meta"),
                                                            requires_grad=False)
+            if getattr(module, "quant_state", None) is not None:  # bitsandbytes keeps one on the module too
+                module.quant_state = None
     del pieces_by_layer
     slots = min(options.device_size, len(plans))
     if options.mode == "disk":
@@ -186,10 +211,13 @@ def stream_packed(model, options, store_root: Path, source: str, reader=None):
     return attach(model, layers, plans, transport, options, packing)
 
 
-def _plans(folder: Path, pieces_by_layer: dict[int, dict[str, torch.Tensor]]) -> list[LayerPlan]:
-    """The read plans of the store's layers, checked against the model's pieces and the files' sizes."""
+def _plans(folder: Path, pieces_by_layer: dict[int, dict[str, torch.Tensor]], first: int) -> list[LayerPlan]:
+    """The read plans of the store's layers from ``first`` on, checked against the model's pieces and the
+    files' sizes."""
     plans = []
     for i, pieces in pieces_by_layer.items():
+        if i < first:
+            continue
         entries, _ = read_header(folder / f"layer-{i:05d}.safetensors")
         entries = {k: v for k, v in entries.items() if not k.startswith("__pad__")}
         if {k: (v.dtype, v.shape) for k, v in entries.items()} != \
@@ -202,20 +230,20 @@ def _plans(folder: Path, pieces_by_layer: dict[int, dict[str, torch.Tensor]]) ->
 
 
 def _write_store(folder: Path, pieces_by_layer: dict[int, dict[str, torch.Tensor]]) -> None:
-    folder.parent.mkdir(parents=True, exist_ok=True)
+    """Write the store into a new folder, then put it in place of any older one (under the store's lock)."""
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".packing-"))
+    old = folder.parent / f".old-{folder.name}-{os.getpid()}"
     try:
         for i, pieces in pieces_by_layer.items():
             write_aligned(tmp / f"layer-{i:05d}.safetensors", pieces)
         (tmp / "complete").write_text("")
-        if (folder / "complete").exists():  # another process wrote it meanwhile
-            return
-        if folder.exists():  # an interrupted write
-            shutil.rmtree(folder)
+        if folder.exists():  # damaged or interrupted: readers that have it open keep their files
+            os.replace(folder, old)
         os.replace(tmp, folder)
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        for leftover in (tmp, old):
+            if leftover.exists():
+                shutil.rmtree(leftover, ignore_errors=True)
 
 
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
