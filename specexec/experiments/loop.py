@@ -158,7 +158,12 @@ def describe(model) -> str:
         f"through {streamer.slots} buffers")
     head = "" if head_tokens(model) == output_vocab_size(model) else \
         f", head over {head_tokens(model)} of {output_vocab_size(model)} tokens"
-    return f"{cfg.model_type}, {layers} layers, {n / 1e6:.1f}M parameters{head}{streamed}"
+    from ..quantize import describe as quantization
+
+    q = quantization(model)
+    weights = "" if q is None else f", weights {q}"
+    count = "" if q is not None else f", {n / 1e6:.1f}M parameters"  # quantized: the tensors' sizes are packed
+    return f"{cfg.model_type}, {layers} layers{count}{weights}{head}{streamed}"
 
 
 def _run(args, configs, dataset, prompts, device, dtype, out) -> int:
