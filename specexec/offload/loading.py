@@ -18,7 +18,7 @@ from ..errors import OffloadError
 from .layout import TensorEntry, check_inside, read_index
 from .options import OffloadOptions
 from .plan import LayerPlan, checkpoint_name, find_decoder_layers, plan_layers, rename_index
-from .reader import LayerReader, aligned_empty
+from .reader import LayerReader, read_once
 from .streamer import LayerStreamer
 
 
@@ -148,14 +148,8 @@ def materialized_layer(model, index: int) -> dict[str, torch.Tensor]:
     """A streamed layer's tensors read into fresh RAM (for drafts built from the target's first layers)."""
     streamer: LayerStreamer = model.specexec_offload
     plan: LayerPlan = streamer.plans[index]
-    block = aligned_empty(plan.raw_nbytes)
-    reader = LayerReader()
-    try:
-        reader.read(plan, block)
-    finally:
-        reader.close()
     dtype = next(model.parameters()).dtype
-    return {k: v.to(dtype).clone() for k, v in plan.raw_views(block).items()}
+    return {k: v.to(dtype).clone() for k, v in plan.raw_views(read_once(plan)).items()}
 
 
 def resident_state_dict(model, n_layers: int | None = None) -> dict[str, torch.Tensor]:

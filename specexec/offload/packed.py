@@ -286,16 +286,10 @@ def layer_copy(model, layers, index: int) -> torch.nn.Module:
     streamer = getattr(model, "specexec_offload", None)
     if streamer is None or index not in streamer.plans:
         return layer
-    from .reader import LayerReader, aligned_empty
+    from .reader import read_once
 
     plan = streamer.plans[index]
-    block = aligned_empty(plan.raw_nbytes)
-    reader = LayerReader()
-    try:
-        reader.read(plan, block)
-    finally:
-        reader.close()
-    views = {k: torch.nn.Parameter(v, requires_grad=False) for k, v in plan.raw_views(block).items()}
+    views = {k: torch.nn.Parameter(v, requires_grad=False) for k, v in plan.raw_views(read_once(plan)).items()}
     params = streamer.packing.assemble(index, views) if streamer.packing is not None else views
     for local, value in params.items():
         path, _, pname = local.rpartition(".")

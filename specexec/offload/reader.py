@@ -101,3 +101,14 @@ class LayerReader:
             except OSError:
                 pass
         self._fds.clear()
+
+
+def read_once(plan) -> torch.Tensor:
+    """One layer's bytes read into a fresh block (laid out as ``plan.raw_views`` expects)."""
+    block = aligned_empty(plan.raw_nbytes)
+    reader = LayerReader()
+    try:
+        reader.read(plan, block)
+    finally:
+        reader.close()
+    return block
