@@ -110,9 +110,10 @@ def quantize_model(model: torch.nn.Module, mode: str) -> torch.nn.Module:
         raise QuantizationError(f"this model is already quantized ({present}); it cannot be quantized to {mode}")
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     dtype = next(model.parameters()).dtype
+    skip = _modules_kept_float(model)
     linears = [(name, m) for name, m in model.named_modules()
                if type(m) is torch.nn.Linear and m is not head and type(m.weight) is torch.nn.Parameter
-               and m.weight.is_floating_point()]
+               and m.weight.is_floating_point() and _should_convert(name, skip)]
     if mode == "int8":
         from torchao.quantization import Int8WeightOnlyConfig, quantize_
 
@@ -133,6 +134,23 @@ def quantize_model(model: torch.nn.Module, mode: str) -> torch.nn.Module:
         new.to(old.weight.device)  # quantizes the weight
         setattr(parent, child, new)
     return model
+
+
+def _modules_kept_float(model) -> list[str]:
+    """The modules transformers' quantizers leave unquantized: tied and output embeddings, the last module,
+    the model's ``_keep_in_fp32_modules``."""
+    if not hasattr(model, "all_tied_weights_keys"):  # not a transformers model: the head alone is kept
+        return []
+    from transformers.quantizers.base import HfQuantizer
+
+    return HfQuantizer.get_modules_to_not_convert(model, None, getattr(model, "_keep_in_fp32_modules", None),
+                                                  add_default_skips=True)
+
+
+def _should_convert(name: str, skip: list[str]) -> bool:
+    from transformers.quantizers.quantizers_utils import should_convert_module
+
+    return should_convert_module(name, skip or None)
 
 
 def describe(model) -> str | None:
