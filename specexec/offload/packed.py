@@ -30,7 +30,7 @@ import torch
 
 from ..errors import OffloadError
 from .layout import DTYPES, read_header
-from .plan import PACK_ALIGN, LayerPlan, find_decoder_layers
+from .plan import PACK_ALIGN, LayerPlan, find_decoder_layers, owner
 
 SEP = "::"  # "<parameter>::<piece>" names a piece of a parameter in the packed store
 
@@ -97,18 +97,22 @@ def _state_tensors(qs, prefix: str = "") -> dict[str, torch.Tensor]:
     return out
 
 
+def _state_copy(qs, tensors: dict):
+    """A copy of QuantState ``qs`` (and of its nested state2) with the tensors at the paths of ``tensors``
+    replaced by its values."""
+    qs = copy.copy(qs)
+    if getattr(qs, "state2", None) is not None:
+        qs.state2 = copy.copy(qs.state2)
+    for path, value in tensors.items():
+        holder, _, attr = path.rpartition(".")
+        setattr(qs.state2 if holder else qs, attr, value)
+    return qs
+
+
 def _bnb_template(param) -> dict:
     """What rebuilding a Params4bit needs, without its tensors (which must not stay in RAM)."""
-    def bare(qs):
-        qs = copy.copy(qs)
-        for key, value in vars(qs).items():
-            if isinstance(value, torch.Tensor):
-                setattr(qs, key, None)
-            elif key == "state2" and value is not None:
-                qs.state2 = bare(value)
-        return qs
-
-    return {"quant_state": bare(param.quant_state), "blocksize": param.blocksize,
+    qs = param.quant_state
+    return {"quant_state": _state_copy(qs, dict.fromkeys(_state_tensors(qs))), "blocksize": param.blocksize,
             "compress_statistics": param.compress_statistics, "quant_type": param.quant_type,
             "quant_storage": param.quant_storage, "module": param.module}
 
@@ -116,17 +120,7 @@ def _bnb_template(param) -> dict:
 def _params4bit(template: dict, pieces: dict[str, torch.Tensor]):
     from bitsandbytes.nn import Params4bit
 
-    qs = copy.copy(template["quant_state"])
-    if getattr(qs, "state2", None) is not None:
-        qs.state2 = copy.copy(qs.state2)
-    for name, value in pieces.items():
-        if not name.startswith("qs."):
-            continue
-        owner, attr = qs, name[3:]
-        while "." in attr:
-            head, attr = attr.split(".", 1)
-            owner = getattr(owner, head)
-        setattr(owner, attr, value)
+    qs = _state_copy(template["quant_state"], {k[3:]: v for k, v in pieces.items() if k.startswith("qs.")})
     rest = {k: v for k, v in template.items() if k != "quant_state"}
     return Params4bit(data=pieces["data"], requires_grad=False, quant_state=qs, bnb_quantized=True, **rest)
 
@@ -189,8 +183,7 @@ def stream_packed(model, options, store_root: Path, source: str, reader=None):
             plans = _plans(folder, pieces_by_layer, first)
     for i in range(first, len(layers)):  # the resident copies go: the store is what streams now
         for local in packing.param_names(i):
-            path, _, pname = local.rpartition(".")
-            module = layers[i].get_submodule(path) if path else layers[i]
+            module, pname = owner(layers[i], local)
             old = module._parameters[pname]
             module._parameters[pname] = torch.nn.Parameter(torch.empty(old.shape, dtype=old.dtype, device="meta"),
                                                            requires_grad=False)
@@ -277,8 +270,8 @@ def write_aligned(path: Path, tensors: dict[str, torch.Tensor]) -> None:
 
 
 def layer_copy(model, layers, index: int) -> torch.nn.Module:
-    """A resident copy of decoder layer ``index`` (its weights read from the packed store if it streams),
-    without the streaming hooks."""
+    """A resident copy of decoder layer ``index`` of a quantized model (its weights read from the packed
+    store if it streams), without the streaming hooks."""
     layer = copy.deepcopy(layers[index])
     for hooks in (layer._forward_pre_hooks, layer._forward_hooks, layer._forward_hooks_always_called,
                   layer._forward_hooks_with_kwargs, layer._forward_pre_hooks_with_kwargs):
@@ -290,8 +283,7 @@ def layer_copy(model, layers, index: int) -> torch.nn.Module:
 
     plan = streamer.plans[index]
     views = {k: torch.nn.Parameter(v, requires_grad=False) for k, v in plan.raw_views(read_once(plan)).items()}
-    params = streamer.packing.assemble(index, views) if streamer.packing is not None else views
-    for local, value in params.items():
-        path, _, pname = local.rpartition(".")
-        (layer.get_submodule(path) if path else layer)._parameters[pname] = value
+    for local, value in streamer.packing.assemble(index, views).items():
+        module, pname = owner(layer, local)
+        module._parameters[pname] = value
     return layer

@@ -126,6 +126,12 @@ def _view(block: torch.Tensor, offset: int, nbytes: int, dtype: torch.dtype, sha
     return piece.view(dtype).view(shape)
 
 
+def owner(layer: torch.nn.Module, local: str) -> tuple[torch.nn.Module, str]:
+    """The submodule of ``layer`` holding parameter ``local`` ('mlp.up_proj.weight'), and the parameter's name."""
+    path, _, name = local.rpartition(".")
+    return (layer.get_submodule(path) if path else layer), name
+
+
 def find_decoder_layers(model) -> tuple[str, torch.nn.ModuleList]:
     """The model's decoder layer list and its qualified name (``model.layers``, ``transformer.h``, ...)."""
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config

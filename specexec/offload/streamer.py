@@ -14,7 +14,7 @@ from collections import deque
 
 import torch
 
-from .plan import LayerPlan
+from .plan import LayerPlan, owner
 from .scheduler import RingSchedule
 
 
@@ -34,8 +34,7 @@ class LayerStreamer:
             layer = layers[p.index]
             targets, meta = [], {}
             for local in (packing.param_names(p.index) if packing is not None else p.params):
-                path, _, pname = local.rpartition(".")
-                module = layer.get_submodule(path) if path else layer
+                module, pname = owner(layer, local)
                 targets.append((module, pname, local))
                 meta[local] = module._parameters[pname]
             self._targets[p.index], self._meta[p.index] = targets, meta
