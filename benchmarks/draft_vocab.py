@@ -2,15 +2,22 @@
 
 1. Cost: one forward pass of each draft and of the target at 1 and 64 new tokens on a 256-token
    cache (best of 3 medians of 9, all models interleaved).
-2. End to end: the embedded target in RAM, greedy, oasst prompts in the chat template:
+2. Misses: the share of the autoregressive run's tokens outside each head's subset, and outside
+   the subset and the sequence so far (prompt and earlier answer tokens, which a reduced head also
+   scores); the most sequence tokens one prompt added to a head.
+3. End to end: the embedded target in RAM, greedy, oasst prompts in the chat template:
    autoregressive, then SpecExec at each budget with each head: tokens/s, tokens per target pass,
    drafting time per pass; every row's tokens checked against the autoregressive row's.
+
+A head ``K:subset`` scores its K tokens only (``SubsetHead.follow_context = False``), for comparison.
 
 The heads' tokens come from the ranking stored with the shipped draft (``--ranking DIR`` reads
 ``draft_vocab.json`` from another folder, e.g. a ``specexec distill --draft-vocab`` output).
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/draft_vocab.py [--prompts 10] [--max-new-tokens 128]
-        [--budgets 16,64] [--heads full,16384,8192,4096] [--ranking DIR] [--skip-e2e]
+        [--budgets 16,64] [--heads full,8192,8192:subset,4096] [--ranking DIR] [--skip-e2e]
+
+``--skip-e2e`` stops after the cost table (the autoregressive run, which the misses need, still runs).
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=10)
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--budgets", default="16,64")
-    ap.add_argument("--heads", default="full,16384,8192,4096")
+    ap.add_argument("--heads", default="full,8192,8192:subset,4096")
     ap.add_argument("--ranking", default=None, help="folder holding draft_vocab.json (default: the shipped draft's)")
     ap.add_argument("--skip-e2e", action="store_true")
     args = ap.parse_args()
@@ -47,20 +54,62 @@ def main() -> None:
         raise SystemExit(f"no draft_vocab.json in {folder}")
     print(f"ranking: {folder} ({len(info['ranking'])} tokens seen; {info['source']})", flush=True)
     eos = eos_token_ids(target, tokenizer)
-    drafts = {}
+    drafts, subsets = {}, {}
     for h in args.heads.split(","):
-        k = parse_draft_vocab(h.strip())
-        draft = load_shipped_draft(target)
-        draft = apply_draft_vocab(draft, folder, k if k == "full" else int(k), eos)
-        drafts[f"head {head_tokens(draft)}"] = draft
+        spec, _, mode = h.strip().partition(":")
+        k = parse_draft_vocab(spec)
+        draft = apply_draft_vocab(load_shipped_draft(target), folder, k if k == "full" else int(k), eos)
+        head = draft.get_output_embeddings()
+        name = f"head {head_tokens(draft)}" if k == "full" else f"head {k}" + (", subset only" if mode else "")
+        if k != "full":
+            head.follow_context = not mode
+            subsets[name] = set(head.token_ids.tolist())
+        drafts[name] = draft
+
+    engine = SpecExecEngine(target, tokenizer, None)
+    prompts = oasst_prompts(engine, args.prompts)
+    print(f"\n{len(prompts)} oasst prompts, {args.max_new_tokens} new tokens, greedy, target in RAM", flush=True)
+    runs = GreedyRuns(engine, prompts, args.max_new_tokens)
+    runs.run("autoregressive", method="autoregressive")
+
+    print("\n| head | target tokens outside the subset | outside the subset and the sequence so far | "
+          "sequence tokens added (mean, most) |\n|---|---:|---:|---:|")
+    widest = {}
+    for name, subset in subsets.items():
+        outside = outside_seq = 0
+        added = []
+        for i, ids in enumerate(prompts):
+            seen, extra = set(ids), set(ids) - subset
+            for t in runs.reference[i]:
+                outside += t not in subset
+                outside_seq += t not in subset and t not in seen
+                seen.add(t)
+                if t not in subset:
+                    extra.add(t)
+            added.append(len(extra))
+        n = sum(len(r) for r in runs.reference.values())
+        widest[name] = max(range(len(prompts)), key=lambda i: added[i])
+        print(f"| {name} | {100 * outside / n:.1f}% | {100 * outside_seq / n:.1f}% | "
+              f"{sum(added) / len(added):.0f}, {max(added)} |", flush=True)
 
     print("\n| new tokens | model | ms per pass | share of the target's pass |\n|---:|---|---:|---:|")
     for n in (1, 64):
-        times = {"target": []} | {name: [] for name in drafts}
+        models = {"target": target} | drafts
+        for name in subsets:  # the head as wide as the prompt that widened it most made it
+            if drafts[name].get_output_embeddings().follow_context:
+                i = widest[name]
+                models[f"{name} + {len(set(prompts[i] + runs.reference[i]) - subsets[name])} sequence tokens"] = \
+                    (drafts[name], prompts[i] + runs.reference[i])
+        times = {name: [] for name in models}
         for _ in range(3):  # interleaved, so that a load change hits every model alike
-            times["target"].append(forward_cost(target, n))
-            for name, d in drafts.items():
-                times[name].append(forward_cost(d, n))
+            for name, m in models.items():
+                model, context = m if isinstance(m, tuple) else (m, [])
+                head = model.get_output_embeddings()
+                if context:
+                    head.add_context(context)
+                times[name].append(forward_cost(model, n))
+                if context:
+                    head.reset_context()
         tt = min(times["target"])
         for name, ts in times.items():
             print(f"| {n} | {'target' if name == 'target' else 'draft, ' + name} | {min(ts) * 1e3:.1f} | "
@@ -68,11 +117,6 @@ def main() -> None:
     if args.skip_e2e:
         return
 
-    engine = SpecExecEngine(target, tokenizer, None)
-    prompts = oasst_prompts(engine, args.prompts)
-    print(f"\n{len(prompts)} oasst prompts, {args.max_new_tokens} new tokens, greedy, target in RAM", flush=True)
-    runs = GreedyRuns(engine, prompts, args.max_new_tokens)
-    runs.run("autoregressive", method="autoregressive")
     budgets = [int(b) for b in args.budgets.split(",")]
     tree = dict(method="specexec", max_n_beams=16, max_branch_width=16, max_beam_len=16)
     for name, draft in drafts.items():

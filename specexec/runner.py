@@ -29,6 +29,8 @@ class ModelRunner:
         self.committed = 0  # entries of the cache that belong to the accepted sequence
         self.forward_seconds = 0.0
         self.forward_calls = 0
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        self._context_head = head if hasattr(head, "add_context") else None  # a reduced draft head
 
     @property
     def vocab_size(self) -> int:
@@ -37,6 +39,8 @@ class ModelRunner:
     def reset(self) -> None:
         self.cache.reset()
         self.committed = 0
+        if self._context_head is not None:
+            self._context_head.reset_context()
 
     @property
     def cache_len(self) -> int:
@@ -76,6 +80,8 @@ class ModelRunner:
 
     def forward_chain(self, input_ids: torch.Tensor, start_pos: int) -> torch.Tensor:
         """Causal pass over a plain continuation of the committed sequence."""
+        if self._context_head is not None:  # a reduced head also scores the sequence's own tokens
+            self._context_head.add_context(input_ids)
         n = input_ids.shape[0]
         c = self.cache_len
         visible = torch.ones(n, c + n, dtype=torch.bool, device=self.device)

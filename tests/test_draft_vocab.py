@@ -67,29 +67,75 @@ def test_greedy_equals_the_target_with_a_reduced_draft(method, tree):
         assert_greedy_equal(target, prompt, got, greedy_reference(target, prompt, 24), f"{method} {tree}")
 
 
-def test_proposals_come_from_the_subset_only():
+def test_proposals_come_from_the_subset_and_the_sequence():
+    """Proposals: the subset's tokens, and those of the prompt and of what was emitted before."""
     target, subset = target_and_subset()
     full_draft = truncated_copy(target, 1)
-    engine = SpecExecEngine(target, None, reduced_draft(target, subset))
-    proposed, firsts = set(), []
+    draft = reduced_draft(target, subset)
+    engine = SpecExecEngine(target, None, draft)
+    prompt = [5, 17, 3, 40, 61, 62]
+    assert set(prompt) - set(subset)
+    seen, firsts, outside = set(prompt), [], set()
 
     def watch(index, tree, accepted, own):
-        proposed.update(tree.tokens[1:tree.size].tolist())
+        tokens = tree.tokens[1:tree.size].tolist()
+        assert set(tokens) <= set(subset) | seen, f"pass {index} proposed tokens never seen"
+        outside.update(set(tokens) - set(subset))
         if index == 0:
-            firsts.append(tree.tokens[1:tree.size].tolist())
+            firsts.append(tokens)
+        seen.update(tree.tokens[accepted[1:]].tolist() + [own])
 
     engine.tree_watchers.append(watch)
-    prompt = PROMPTS[0]
-    engine.generate(prompt, max_new_tokens=16, temperature=0, max_budget=32, max_n_beams=4, max_branch_width=8,
-                    max_beam_len=6)
-    assert proposed and proposed <= set(subset)
-    # the root's children: the full draft's 8 best tokens among the subset, as full ids
+    settings = dict(max_new_tokens=16, temperature=0, max_budget=32, max_n_beams=4, max_branch_width=8, max_beam_len=6)
+    engine.generate(prompt, **settings)
+    assert outside, "tokens of the sequence outside the subset were proposed"
+    # the root's children: the full draft's 8 best tokens among the subset and the prompt, as full ids
+    allowed = sorted(set(subset) | set(prompt))
     with torch.no_grad():
         logits = full_draft(torch.tensor([prompt])).logits[0, -1]
-    best = torch.tensor(subset)[logits[subset].topk(8).indices].tolist()
-    tree = firsts[0]
-    assert set(best) <= set(tree)
-    assert all(t in subset for t in tree)
+    best = torch.tensor(allowed)[logits[allowed].topk(8).indices].tolist()
+    assert set(best) <= set(firsts[0])
+
+    # the next sequence starts from the subset again
+    head = draft.get_output_embeddings()
+    other = [7, 8, 9]
+    out = engine.generate(other, **settings).token_ids
+    assert set(other) - set(subset) <= set(head.context_tokens) <= (set(other) | set(out)) - set(subset)
+    assert not (set(head.context_tokens) & (set(prompt) - set(other) - set(out)))
+
+    # without following the sequence: the subset only
+    head.follow_context = False
+    engine.tree_watchers[:] = []
+    proposed = set()
+    engine.tree_watchers.append(lambda i, tree, a, o: proposed.update(tree.tokens[1:tree.size].tolist()))
+    engine.generate(prompt, **settings)
+    assert proposed and proposed <= set(subset)
+
+
+def test_context_tokens_get_the_full_heads_rows():
+    gen = torch.Generator().manual_seed(0)
+    weight, bias = torch.randn(40, 8, generator=gen, dtype=torch.float64), torch.randn(40, generator=gen, dtype=torch.float64)
+    ids = torch.tensor([2, 5, 11])
+    head = SubsetHead(weight[ids], ids, 40, bias[ids], source=weight, source_bias=bias)
+    hidden = torch.randn(3, 8, generator=gen, dtype=torch.float64)
+    full = torch.nn.functional.linear(hidden, weight, bias)
+    head.add_context(torch.tensor([5, 30, 30, 7, 99, -1]))  # known, repeated and out-of-range ids are ignored
+    assert head.context_tokens == [7, 30]
+    head.add_context([7, 12])
+    assert head.context_tokens == [7, 30, 12]
+    got = head(hidden)
+    scored = [2, 5, 7, 11, 12, 30]
+    assert torch.allclose(got[:, scored], full[:, scored], rtol=0, atol=1e-12)
+    assert torch.isneginf(got[:, [i for i in range(40) if i not in scored]]).all()
+    head.reset_context()
+    assert head.context_tokens == [] and torch.isneginf(head(hidden)[:, 30]).all()
+    head.follow_context = False
+    head.add_context([30])
+    assert head.context_tokens == []
+    # a head built without the full rows scores its subset only
+    bare = SubsetHead(weight[ids], ids, 40)
+    bare.add_context([30])
+    assert bare.context_tokens == []
 
 
 def test_target_tokens_outside_the_subset_are_emitted():
