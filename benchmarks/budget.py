@@ -5,10 +5,13 @@ the chat template: autoregressive, SpecExec at each fixed budget, and SpecExec w
 ``auto``, one process, same prompts, warm-up excluded; every row's tokens are checked against
 the autoregressive row's. ``--regime ram``: the target resident; ``--regime disk``: its
 decoder layers streamed from disk each pass (``offload="disk"``). The cost profile ``auto``
-decides with is measured first (or read from the cache) and printed.
+decides with is measured first (or read from the cache) and printed. ``--interleave`` runs
+every configuration on a prompt before the next prompt (the autoregressive row first, whose
+tokens the others are checked against), so that a machine whose speed drifts during the run
+slows every row alike.
 
     python benchmarks/budget.py [--regime ram|disk] [--prompts 10] [--max-new-tokens 128]
-                                [--budgets 8,16,32,64,128,256,512,1024]
+                                [--budgets 8,16,32,64,128,256,512,1024] [--interleave]
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ def main() -> None:
     ap.add_argument("--budgets", default="8,16,32,64,128,256,512,1024")
     ap.add_argument("--max-beam-len", type=int, default=16, help="depth cap of the fixed budgets, and auto's largest")
     ap.add_argument("--refresh-profile", action="store_true", help="measure the cost profile again")
+    ap.add_argument("--interleave", action="store_true", help="every configuration on a prompt before the next")
     args = ap.parse_args()
 
     from specexec import SpecExecEngine
@@ -42,10 +46,11 @@ def main() -> None:
           f"{'streamed from disk' if offload else 'in RAM'}", flush=True)
     runs = GreedyRuns(engine, prompts, args.max_new_tokens)
     tree = dict(method="specexec", max_n_beams=16, max_branch_width=16, max_beam_len=args.max_beam_len)
-    runs.run("autoregressive", method="autoregressive")
+    configs = [("autoregressive", dict(method="autoregressive"))]
     for b in [int(x) for x in args.budgets.split(",") if x.strip()]:  # --budgets "": autoregressive and auto only
-        runs.run(f"SpecExec budget {b}", max_budget=b, **tree)
-    auto = runs.run("SpecExec auto", max_budget="auto", **tree)
+        configs.append((f"SpecExec budget {b}", dict(max_budget=b, **tree)))
+    configs.append(("SpecExec auto", dict(max_budget="auto", **tree)))
+    auto = runs.run_all(configs, interleave=args.interleave)[-1]
 
     base = runs.rows[0].tokens_per_second
     fixed = [r for r in runs.rows[1:] if r is not auto]

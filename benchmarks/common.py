@@ -54,25 +54,49 @@ class GreedyRuns:
         self.rows: list[Row] = []
 
     def run(self, label: str, **settings) -> Row:
+        return self.run_all([(label, settings)])[0]
+
+    def run_all(self, configs: list[tuple[str, dict]], interleave: bool = False) -> list[Row]:
+        """Run each (label, settings) over the prompts; with ``interleave``, prompt by prompt.
+
+        Interleaved, every prompt goes through every configuration before the next prompt starts,
+        so a machine whose speed drifts during the run slows every row alike.
+        """
         engine = self.engine
+        totals = {label: dict(tokens=0, passes=0, seconds=0.0, drafting=0.0, same=True, budgets=[])
+                  for label, _ in configs}
+
+        def one(i, ids, label, settings):
+            res = engine.generate(ids, max_new_tokens=self.max_new_tokens, temperature=0.0, **settings)
+            t = totals[label]
+            t["tokens"] += res.stats.new_tokens
+            t["passes"] += res.stats.target_passes
+            t["seconds"] += res.stats.seconds
+            t["drafting"] += res.stats.draft_seconds
+            t["budgets"] += res.stats.budgets
+            if not self.reference.get(i):
+                self.reference[i] = res.token_ids
+            else:
+                t["same"] &= res.token_ids == self.reference[i]
+
         with torch.inference_mode():
-            engine.generate(self.prompts[0], max_new_tokens=4, temperature=0.0, **settings)  # warm-up
-            tokens = passes = 0
-            seconds = drafting = 0.0
-            same, budgets = True, []
-            for i, ids in enumerate(self.prompts):
-                res = engine.generate(ids, max_new_tokens=self.max_new_tokens, temperature=0.0, **settings)
-                tokens += res.stats.new_tokens
-                passes += res.stats.target_passes
-                seconds += res.stats.seconds
-                drafting += res.stats.draft_seconds
-                budgets += res.stats.budgets
-                if not self.reference.get(i):
-                    self.reference[i] = res.token_ids
-                else:
-                    same &= res.token_ids == self.reference[i]
-        row = Row(label, tokens / seconds, tokens / passes, seconds / passes, same, budgets, drafting / passes)
-        self.rows.append(row)
-        print(f"  {label:<24} {row.tokens_per_second:7.2f} tok/s  {row.tokens_per_pass:5.2f} tok/pass  "
-              f"{row.seconds_per_pass:6.3f} s/iteration  same tokens as the first row: {same}", flush=True)
-        return row
+            for _, settings in configs:
+                engine.generate(self.prompts[0], max_new_tokens=4, temperature=0.0, **settings)  # warm-up
+            if interleave:
+                for i, ids in enumerate(self.prompts):
+                    for label, settings in configs:
+                        one(i, ids, label, settings)
+            else:
+                for label, settings in configs:
+                    for i, ids in enumerate(self.prompts):
+                        one(i, ids, label, settings)
+        rows = []
+        for label, _ in configs:
+            t = totals[label]
+            row = Row(label, t["tokens"] / t["seconds"], t["tokens"] / t["passes"], t["seconds"] / t["passes"],
+                      t["same"], t["budgets"], t["drafting"] / t["passes"])
+            self.rows.append(row)
+            rows.append(row)
+            print(f"  {label:<24} {row.tokens_per_second:7.2f} tok/s  {row.tokens_per_pass:5.2f} tok/pass  "
+                  f"{row.seconds_per_pass:6.3f} s/iteration  same tokens as the first row: {row.same}", flush=True)
+        return rows

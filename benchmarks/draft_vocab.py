@@ -76,6 +76,8 @@ def main() -> None:
           "sequence tokens added (mean, most) |\n|---|---:|---:|---:|")
     widest = {}
     for name, subset in subsets.items():
+        if not drafts[name].get_output_embeddings().follow_context:
+            continue  # the same subset as its K's row
         outside = outside_seq = 0
         added = []
         for i, ids in enumerate(prompts):
