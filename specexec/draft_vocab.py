@@ -14,9 +14,9 @@ K can be taken from the same ranking when the draft is loaded; tokens the rankin
 follow in id order, and the target's EOS ids are always kept.
 
 A ranking made from other text misses the tokens a prompt brings with it (names, code, words of
-a less common language) and that the answer then repeats: on held-out oasst prompts 76% of the
-target's tokens outside an 8192-token subset had already appeared in the prompt or earlier in
-the answer. So a reduced head also scores the tokens of the sequence being decoded
+a less common language) and that the answer then repeats: on held-out oasst prompts four in
+five of the target's tokens outside an 8192-token subset had already appeared in the prompt or
+earlier in the answer (docs/draft.md). So a reduced head also scores the tokens of the sequence being decoded
 (:meth:`SubsetHead.add_context`, fed by the draft's runner with every token it reads; cleared
 for each new sequence): their rows come from the full head, which the head keeps a reference to,
 not a copy.
