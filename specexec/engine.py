@@ -21,7 +21,7 @@ from .config import GenerationConfig, SamplingConfig
 from .detokenize import TextAssembler
 from .errors import ConfigError, EngineBusyError, PromptError, UnsupportedModelError
 from .growth import DraftExpander, grow_chains, grow_specexec
-from .models import cache_dir, check_same_vocabulary, context_limit, eos_difference, eos_token_ids, load_model, truncated_copy
+from .models import cache_dir, check_same_vocabulary, context_limit, eos_difference, eos_token_ids, load_model
 from .processors import apply_on_tree, build_processors, ignored_settings
 from .rope import length_switch
 from .runner import ModelRunner
@@ -135,6 +135,7 @@ class SpecExecEngine:
         self.length_switch = length_switch(target)
         self._tree: TokenTree | None = None
         self._cost: CostProfile | None = None  # measured or read from the cache at the first "auto" budget
+        self._choosers: dict = {}  # "auto" choosers by tree and sampling settings, kept across generations
         # callables(pass index, tree, accepted node indices, the target's own token) after each verification
         self.tree_watchers: list = []
         self._busy = threading.Lock()  # one generation at a time: the caches hold one sequence
@@ -263,10 +264,23 @@ class SpecExecEngine:
         """Decide ``auto`` budgets with this profile instead of measuring one (e.g. one made elsewhere)."""
         self._cost = profile
 
+    MAX_CHOOSERS = 16
+
     def _planner(self, cfg: GenerationConfig):
-        if cfg.method == "specexec" and cfg.auto_budget and self.draft is not None:
-            return BudgetChooser(self.cost_profile(), max_depth=cfg.max_beam_len, max_n_beams=cfg.max_n_beams)
-        return FixedBudget(MAX_AUTO_BUDGET if cfg.auto_budget else cfg.max_budget, cfg.max_beam_len)
+        """The tree chooser of a generation. ``auto``'s chooser, with the acceptance it has learnt, carries
+        over to the next generation with the same tree and sampling settings (a new one would pay
+        again for the trees it tries before it knows them)."""
+        if not (cfg.method == "specexec" and cfg.auto_budget and self.draft is not None):
+            return FixedBudget(MAX_AUTO_BUDGET if cfg.auto_budget else cfg.max_budget, cfg.max_beam_len)
+        cost = self.cost_profile()
+        key = (cfg.max_beam_len, cfg.max_n_beams, cfg.max_branch_width, cfg.min_log_prob, cfg.decay, cfg.sampling)
+        chooser = self._choosers.pop(key, None)
+        if chooser is None or chooser.cost is not cost:
+            chooser = BudgetChooser(cost, max_depth=cfg.max_beam_len, max_n_beams=cfg.max_n_beams)
+        self._choosers[key] = chooser  # most recently used last
+        while len(self._choosers) > self.MAX_CHOOSERS:
+            self._choosers.pop(next(iter(self._choosers)))
+        return chooser
 
     # ------------------------------------------------------------------ loop
     MAX_TREE_MASK_BYTES = 1 << 32  # the ancestor mask is capacity^2 booleans

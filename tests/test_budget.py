@@ -273,3 +273,31 @@ def test_auto_measures_the_profile_once_per_engine(tmp_path, monkeypatch):
     r2 = SpecExecEngine(target, None, draft).generate([1, 2, 3], max_new_tokens=8, max_budget="auto")
     assert r1.token_ids == r2.token_ids == greedy_reference(target, [1, 2, 3], 8)
     assert engine.cost_profile() is profile
+
+
+def test_auto_keeps_what_it_learnt_across_generations():
+    """The next generation with the same settings continues the chooser's acceptance estimates;
+    other settings, or another cost profile, start afresh; every generation stays exact."""
+    target = tiny_model("llama", seed=0)
+    draft = tiny_model("llama", seed=0, layers=1)
+    engine = SpecExecEngine(target, None, draft)
+    engine.use_cost_profile(FLAT)
+    cfg = engine._config(None, dict(max_budget="auto", max_beam_len=6))
+    prompts = [[3, 1, 4, 1, 5, 9, 2, 6], [2, 7, 1, 8, 2, 8]]
+    passes = 0
+    for prompt in prompts:
+        res = engine.generate(prompt, max_new_tokens=24, max_budget="auto", max_beam_len=6)
+        assert_greedy_equal(target, prompt, res.token_ids, greedy_reference(target, prompt, 24), "auto, carried over")
+        passes += res.stats.target_passes
+        chooser = engine._planner(cfg)
+        assert chooser.acceptance.passes == passes  # one chooser saw both generations' passes
+        assert chooser.acceptance.weight.sum() > 0
+    other = engine._planner(engine._config(None, dict(max_budget="auto", max_beam_len=4)))
+    assert other is not chooser and other.acceptance.passes == 0
+    assert engine._planner(engine._config(None, dict(max_budget="auto", max_beam_len=6, temperature=0.7))) is not chooser
+    assert engine._planner(cfg) is chooser
+    engine.use_cost_profile(CostProfile.from_dict(FLAT.to_dict()))
+    assert engine._planner(cfg) is not chooser
+    for i in range(SpecExecEngine.MAX_CHOOSERS + 2):
+        engine._planner(engine._config(None, dict(max_budget="auto", max_beam_len=6, max_n_beams=i + 1)))
+    assert len(engine._choosers) == SpecExecEngine.MAX_CHOOSERS
