@@ -269,10 +269,13 @@ class SpecExecEngine:
     def _planner(self, cfg: GenerationConfig):
         """The tree chooser of a generation. ``auto``'s chooser, with the acceptance it has learnt, carries
         over to the next generation with the same tree and sampling settings (a new one would pay
-        again for the trees it tries before it knows them)."""
+        again for the trees it tries before it knows them), except for seeded sampling: the
+        random draws follow the trees, so such a call starts afresh and repeats exactly."""
         if not (cfg.method == "specexec" and cfg.auto_budget and self.draft is not None):
             return FixedBudget(MAX_AUTO_BUDGET if cfg.auto_budget else cfg.max_budget, cfg.max_beam_len)
         cost = self.cost_profile()
+        if not cfg.sampling.greedy and cfg.seed is not None:
+            return BudgetChooser(cost, max_depth=cfg.max_beam_len, max_n_beams=cfg.max_n_beams)
         key = (cfg.max_beam_len, cfg.max_n_beams, cfg.max_branch_width, cfg.min_log_prob, cfg.decay, cfg.sampling)
         chooser = self._choosers.pop(key, None)
         if chooser is None or chooser.cost is not cost:

@@ -294,7 +294,13 @@ def test_auto_keeps_what_it_learnt_across_generations():
         assert chooser.acceptance.weight.sum() > 0
     other = engine._planner(engine._config(None, dict(max_budget="auto", max_beam_len=4)))
     assert other is not chooser and other.acceptance.passes == 0
-    assert engine._planner(engine._config(None, dict(max_budget="auto", max_beam_len=6, temperature=0.7))) is not chooser
+    sampled = engine._config(None, dict(max_budget="auto", max_beam_len=6, temperature=0.7, seed=None))
+    assert engine._planner(sampled) is not chooser and engine._planner(sampled) is engine._planner(sampled)
+    seeded = engine._config(None, dict(max_budget="auto", max_beam_len=6, temperature=0.7, seed=5))
+    assert engine._planner(seeded) is not engine._planner(seeded)  # seeded sampling starts afresh: it repeats
+    a = engine.generate(prompts[0], max_new_tokens=16, max_budget="auto", max_beam_len=6, temperature=0.7, seed=5)
+    b = engine.generate(prompts[0], max_new_tokens=16, max_budget="auto", max_beam_len=6, temperature=0.7, seed=5)
+    assert a.token_ids == b.token_ids and a.stats.budgets == b.stats.budgets
     assert engine._planner(cfg) is chooser
     engine.use_cost_profile(CostProfile.from_dict(FLAT.to_dict()))
     assert engine._planner(cfg) is not chooser
