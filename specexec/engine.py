@@ -275,11 +275,14 @@ class SpecExecEngine:
             return FixedBudget(MAX_AUTO_BUDGET if cfg.auto_budget else cfg.max_budget, cfg.max_beam_len)
         cost = self.cost_profile()
         if not cfg.sampling.greedy and cfg.seed is not None:
-            return BudgetChooser(cost, max_depth=cfg.max_beam_len, max_n_beams=cfg.max_n_beams)
-        key = (cfg.max_beam_len, cfg.max_n_beams, cfg.max_branch_width, cfg.min_log_prob, cfg.decay, cfg.sampling)
-        chooser = self._choosers.pop(key, None)
+            key, chooser = None, None
+        else:
+            key = (cfg.max_beam_len, cfg.max_n_beams, cfg.max_branch_width, cfg.min_log_prob, cfg.decay, cfg.sampling)
+            chooser = self._choosers.pop(key, None)
         if chooser is None or chooser.cost is not cost:
             chooser = BudgetChooser(cost, max_depth=cfg.max_beam_len, max_n_beams=cfg.max_n_beams)
+        if key is None:
+            return chooser
         self._choosers[key] = chooser  # most recently used last
         while len(self._choosers) > self.MAX_CHOOSERS:
             self._choosers.pop(next(iter(self._choosers)))
