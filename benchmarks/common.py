@@ -56,17 +56,19 @@ class GreedyRuns:
     def run(self, label: str, **settings) -> Row:
         return self.run_all([(label, settings)])[0]
 
-    def run_all(self, configs: list[tuple[str, dict]], interleave: bool = False) -> list[Row]:
+    def run_all(self, configs: list[tuple], interleave: bool = False) -> list[Row]:
         """Run each (label, settings) over the prompts; with ``interleave``, prompt by prompt.
 
+        A configuration may name its own engine as a third item, (label, settings, engine) (the
+        same target loaded another way, with the same tokenizer); the others use ``self.engine``.
         Interleaved, every prompt goes through every configuration before the next prompt starts,
         so a machine whose speed drifts during the run slows every row alike.
         """
-        engine = self.engine
+        configs = [(c[0], c[1], c[2] if len(c) > 2 else self.engine) for c in configs]
         totals = {label: dict(tokens=0, passes=0, seconds=0.0, drafting=0.0, same=True, budgets=[])
-                  for label, _ in configs}
+                  for label, _, _ in configs}
 
-        def one(i, ids, label, settings):
+        def one(i, ids, label, settings, engine):
             res = engine.generate(ids, max_new_tokens=self.max_new_tokens, temperature=0.0, **settings)
             t = totals[label]
             t["tokens"] += res.stats.new_tokens
@@ -80,18 +82,18 @@ class GreedyRuns:
                 t["same"] &= res.token_ids == self.reference[i]
 
         with torch.inference_mode():
-            for _, settings in configs:
+            for _, settings, engine in configs:
                 engine.generate(self.prompts[0], max_new_tokens=4, temperature=0.0, **settings)  # warm-up
             if interleave:
                 for i, ids in enumerate(self.prompts):
-                    for label, settings in configs:
-                        one(i, ids, label, settings)
+                    for label, settings, engine in configs:
+                        one(i, ids, label, settings, engine)
             else:
-                for label, settings in configs:
+                for label, settings, engine in configs:
                     for i, ids in enumerate(self.prompts):
-                        one(i, ids, label, settings)
+                        one(i, ids, label, settings, engine)
         rows = []
-        for label, _ in configs:
+        for label, _, _ in configs:
             t = totals[label]
             row = Row(label, t["tokens"] / t["seconds"], t["tokens"] / t["passes"], t["seconds"] / t["passes"],
                       t["same"], t["budgets"], t["drafting"] / t["passes"])

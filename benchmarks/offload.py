@@ -10,9 +10,12 @@ that, and from max(the time its own reads took, in-RAM pass).
 Part 2, end to end: greedy decoding of oasst prompts (chat template), the target streamed from
 disk, the shipped draft resident: autoregressive, SpecExec at --budgets, SpecInfer; tokens/s and
 tokens per target pass side by side (warm-up excluded, one process, same prompts). Every row's
-tokens are checked against the autoregressive row's.
+tokens are checked against the autoregressive row's. With several ``--device-size`` values every
+method runs with each (the target loaded once per value): more buffers let the reader go on
+reading the next pass's layers while the draft grows the tree.
 
     python benchmarks/offload.py [--prompts 3] [--max-new-tokens 128] [--budgets 16,64,256,1024]
+                                 [--device-size 2[,8]] [--interleave] [--no-specinfer]
 """
 
 from __future__ import annotations
@@ -77,27 +80,33 @@ def main() -> None:
     ap.add_argument("--budgets", default="16,64,256,1024")
     ap.add_argument("--sizes", default="1,16,64,256,1024", help="tree sizes of part 1")
     ap.add_argument("--repeats", type=int, default=3, help="timed passes per size in part 1")
-    ap.add_argument("--device-size", type=int, default=2)
+    ap.add_argument("--device-size", default="2",
+                    help="layer buffers; a list (2,8) runs part 2 with each (part 1 uses the first)")
     ap.add_argument("--max-n-beams", type=int, default=16, help="SpecExec: nodes expanded per draft pass")
     ap.add_argument("--max-beam-len", type=int, default=16, help="SpecExec: depth cap (draft passes per tree)")
     ap.add_argument("--max-branch-width", type=int, default=16, help="SpecExec: children per expanded node")
     ap.add_argument("--skip-passes", action="store_true", help="skip part 1")
     ap.add_argument("--skip-generation", action="store_true", help="skip part 2")
+    ap.add_argument("--no-specinfer", dest="specinfer", action="store_false", help="part 2 without SpecInfer")
+    ap.add_argument("--interleave", action="store_true", help="part 2: every configuration on a prompt before the next")
     args = ap.parse_args()
+    sizes = [int(x) for x in str(args.device_size).split(",") if x.strip()]
+    if not sizes or min(sizes) < 1:
+        ap.error("--device-size: one or more positive integers, e.g. 2 or 2,8")
 
     from specexec import SpecExecEngine
     from specexec.drafts import default_draft
     from specexec.models import load_model
 
     print(f"machine: {machine()}", flush=True)
-    streamed = load_model("embedded", dtype="float32", offload="disk", device_size=args.device_size)
+    streamed = load_model("embedded", dtype="float32", offload="disk", device_size=sizes[0])
     plans = list(streamed.model.specexec_offload.plans.values())
     layer_bytes = sum(p.raw_nbytes for p in plans)
     bw, direct = disk_bandwidth(plans)
     io_bound = layer_bytes / bw
     print(f"streamed layers: {len(plans)}, {layer_bytes / 1e6:.1f} MB read per pass; disk read bandwidth "
           f"{bw / 1e9:.2f} GB/s ({'O_DIRECT' if direct else 'buffered + FADV_DONTNEED'}): I/O bound "
-          f"{io_bound * 1e3:.0f} ms per pass; {args.device_size} buffers", flush=True)
+          f"{io_bound * 1e3:.0f} ms per pass; {sizes[0]} buffers", flush=True)
 
     if not args.skip_passes:
         resident = load_model("embedded", dtype="float32", with_tokenizer=False).model
@@ -122,23 +131,37 @@ def main() -> None:
     if args.skip_generation:
         return
     draft, _ = default_draft(None, streamed)
-    engine = SpecExecEngine(streamed.model, streamed.tokenizer, draft, draft_tokenizer=streamed.tokenizer)
-    prompts = oasst_prompts(engine, args.prompts)
-    print(f"end to end: {len(prompts)} oasst prompts, {args.max_new_tokens} new tokens, greedy", flush=True)
-    runs = GreedyRuns(engine, prompts, args.max_new_tokens)
-    runs.run("autoregressive", method="autoregressive")
-    for b in [int(x) for x in args.budgets.split(",")]:
-        runs.run(f"SpecExec budget {b}", method="specexec", max_budget=b, max_n_beams=args.max_n_beams,
-                 max_branch_width=args.max_branch_width, max_beam_len=args.max_beam_len)
-    runs.run("SpecInfer 8 x 8", method="specinfer", max_n_beams=8, max_beam_len=8)
-    rows = [(r.label, r.tokens_per_second, r.tokens_per_pass, r.seconds_per_pass, r.same) for r in runs.rows]
-    base = rows[0][1]
-    print("\n| method (target streamed from disk) | tokens/s | vs autoregressive | tokens per target pass | "
-          "seconds per iteration | same tokens as autoregressive |")
-    print("|---|---:|---:|---:|---:|---|")
-    for label, tps, per_pass, per_it, same in rows:
-        print(f"| {label} | {tps:.2f} | {tps / base:.2f}x | {per_pass:.2f} | {per_it:.2f} | {'yes' if same else 'NO'} |")
+    engines = {sizes[0]: SpecExecEngine(streamed.model, streamed.tokenizer, draft, draft_tokenizer=streamed.tokenizer)}
+    for size in sizes[1:]:  # the same target streamed through more buffers, the same resident draft
+        other = load_model("embedded", dtype="float32", offload="disk", device_size=size, with_tokenizer=False)
+        engines[size] = SpecExecEngine(other.model, streamed.tokenizer, draft, draft_tokenizer=streamed.tokenizer)
+    prompts = oasst_prompts(engines[sizes[0]], args.prompts)
+    print(f"end to end: {len(prompts)} oasst prompts, {args.max_new_tokens} new tokens, greedy, buffers "
+          f"{', '.join(map(str, sizes))}", flush=True)
 
+    def label(text: str, size: int) -> str:
+        return f"{text}, {size} buffers" if len(sizes) > 1 else text
+
+    tree = dict(max_n_beams=args.max_n_beams, max_branch_width=args.max_branch_width, max_beam_len=args.max_beam_len)
+    configs = [(label("autoregressive", size), dict(method="autoregressive"), engines[size]) for size in sizes]
+    for size in sizes:
+        for b in [int(x) for x in args.budgets.split(",") if x.strip()]:
+            configs.append((label(f"SpecExec budget {b}", size), dict(method="specexec", max_budget=b, **tree),
+                            engines[size]))
+        if args.specinfer:
+            configs.append((label("SpecInfer 8 x 8", size), dict(method="specinfer", max_n_beams=8, max_beam_len=8),
+                            engines[size]))
+    runs = GreedyRuns(engines[sizes[0]], prompts, args.max_new_tokens)
+    runs.run_all(configs, interleave=args.interleave)
+    base = max(r.tokens_per_second for r in runs.rows if r.label.startswith("autoregressive"))
+    print("\n| method (target streamed from disk) | tokens/s | vs autoregressive | tokens per target pass | "
+          "seconds per iteration | of which drafting | same tokens as autoregressive |")
+    print("|---|---:|---:|---:|---:|---:|---|")
+    for r in runs.rows:
+        print(f"| {r.label} | {r.tokens_per_second:.2f} | {r.tokens_per_second / base:.2f}x | {r.tokens_per_pass:.2f} | "
+              f"{r.seconds_per_pass:.3f} | {r.draft_seconds_per_pass:.3f} | {'yes' if r.same else 'NO'} |")
+    if len(sizes) > 1:
+        print("(vs autoregressive: against the fastest autoregressive row)")
 
 if __name__ == "__main__":
     main()
