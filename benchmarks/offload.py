@@ -143,7 +143,8 @@ def main() -> None:
         return f"{text}, {size} buffers" if len(sizes) > 1 else text
 
     tree = dict(max_n_beams=args.max_n_beams, max_branch_width=args.max_branch_width, max_beam_len=args.max_beam_len)
-    configs = [(label("autoregressive", size), dict(method="autoregressive"), engines[size]) for size in sizes]
+    baselines = [label("autoregressive", size) for size in sizes]
+    configs = [(name, dict(method="autoregressive"), engines[size]) for name, size in zip(baselines, sizes)]
     for size in sizes:
         for b in [int(x) for x in args.budgets.split(",") if x.strip()]:
             configs.append((label(f"SpecExec budget {b}", size), dict(method="specexec", max_budget=b, **tree),
@@ -153,7 +154,7 @@ def main() -> None:
                             engines[size]))
     runs = GreedyRuns(engines[sizes[0]], prompts, args.max_new_tokens)
     runs.run_all(configs, interleave=args.interleave)
-    base = max(r.tokens_per_second for r in runs.rows if r.label.startswith("autoregressive"))
+    base = max(r.tokens_per_second for r in runs.rows if r.label in baselines)
     print("\n| method (target streamed from disk) | tokens/s | vs autoregressive | tokens per target pass | "
           "seconds per iteration | of which drafting | same tokens as autoregressive |")
     print("|---|---:|---:|---:|---:|---:|---|")
@@ -162,6 +163,7 @@ def main() -> None:
               f"{r.seconds_per_pass:.3f} | {r.draft_seconds_per_pass:.3f} | {'yes' if r.same else 'NO'} |")
     if len(sizes) > 1:
         print("(vs autoregressive: against the fastest autoregressive row)")
+
 
 if __name__ == "__main__":
     main()
