@@ -270,7 +270,8 @@ class SpecExecEngine:
         """The tree chooser of a generation. ``auto``'s chooser, with the acceptance it has learnt, carries
         over to the next generation with the same tree and sampling settings (a new one would pay
         again for the trees it tries before it knows them), except for seeded sampling: the
-        random draws follow the trees, so such a call starts afresh and repeats exactly."""
+        random draws follow the trees, so such a call starts afresh, prices trees by the cost
+        profile alone (not by this run's timings) and repeats exactly."""
         if not (cfg.method == "specexec" and cfg.auto_budget and self.draft is not None):
             return FixedBudget(MAX_AUTO_BUDGET if cfg.auto_budget else cfg.max_budget, cfg.max_beam_len)
         cost = self.cost_profile()
@@ -280,7 +281,8 @@ class SpecExecEngine:
             key = (cfg.max_beam_len, cfg.max_n_beams, cfg.max_branch_width, cfg.min_log_prob, cfg.decay, cfg.sampling)
             chooser = self._choosers.pop(key, None)
         if chooser is None or chooser.cost is not cost:
-            chooser = BudgetChooser(cost, max_depth=cfg.max_beam_len, max_n_beams=cfg.max_n_beams)
+            chooser = BudgetChooser(cost, max_depth=cfg.max_beam_len, max_n_beams=cfg.max_n_beams,
+                                    timed=key is not None)  # seeded sampling: the same trees each run
         if key is None:
             return chooser
         self._choosers[key] = chooser  # most recently used last
@@ -427,6 +429,7 @@ class SpecExecEngine:
                 draft.commit(slots[in_cache])
             target.synchronize()
             t_end = time.perf_counter()
+            planner.observe_seconds(t_end - it_start)
 
             stats.target_passes += 1
             stats.draft_seconds += t_mid - it_start

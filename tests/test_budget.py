@@ -1,6 +1,7 @@
 """Budgets chosen for the hardware: cost profiles, acceptance estimates, the chooser, ``auto``."""
 
 import json
+import math
 import random
 
 import pytest
@@ -115,19 +116,21 @@ def test_counterfactual_counts_equal_verifying_each_smaller_tree(seed):
 FLAT = CostProfile(target={1: 1.0, 16: 1.05, 64: 1.2, 256: 1.8, 1024: 5.0}, draft={1: 0.01, 16: 0.012, 64: 0.02})
 
 
-def run_chooser(chooser: BudgetChooser, expected, passes: int, rng: random.Random):
-    """Drive the chooser ``passes`` times; the true mean tokens per pass of (b, d) is ``expected(b, d)``."""
+def run_chooser(chooser: BudgetChooser, expected, passes: int, rng: random.Random, truth: BudgetChooser | None = None):
+    """Drive the chooser ``passes`` times; the true mean tokens per pass of (b, d) is ``expected(b, d)``;
+    with ``truth``, each iteration takes the seconds that chooser's profile gives (+-20%)."""
     chosen = []
     for _ in range(passes):
         plan = chooser.choose()
         chosen.append(plan)
         if plan.budget == AUTOREGRESSIVE:
             chooser.observe(None, None, 0)
-            continue
-        noise = rng.uniform(0.7, 1.3)  # one pass accepts more or less than the mean, all candidates alike
-        counts = torch.tensor([[1 + (expected(b, d) - 1) * noise for d in chooser.depths] for b in chooser.budgets])
-        chooser.last = plan
-        chooser.acceptance.observe_counts(counts, plan.budget, plan.depth)
+        else:
+            noise = rng.uniform(0.7, 1.3)  # one pass accepts more or less than the mean, all candidates alike
+            counts = torch.tensor([[1 + (expected(b, d) - 1) * noise for d in chooser.depths] for b in chooser.budgets])
+            chooser.observe_counts(counts, plan.depth, emitted=2)
+        if truth is not None:
+            chooser.observe_seconds(truth.seconds(plan) * rng.uniform(0.8, 1.2))
     return chosen
 
 
@@ -186,6 +189,55 @@ def test_the_chooser_follows_acceptance_that_changes_mid_run():
     assert efficiency(chooser, lambda b, d: 1.0, second[-50:]) >= 0.95
     third = run_chooser(chooser, saturating, 200, rng)  # and predictable again
     assert efficiency(chooser, saturating, third[-50:]) >= 0.95
+
+
+# large trees cost far more than FLAT says (as a streamed pass does with a long prefix and drafting between)
+STEEP = CostProfile(target={1: 1.0, 16: 1.3, 64: 2.2, 256: 6.0, 1024: 22.0}, draft=FLAT.draft)
+
+
+def test_the_chooser_corrects_a_profile_that_prices_large_trees_too_low():
+    truth = BudgetChooser(STEEP, max_depth=16, max_n_beams=16)
+    optimum, believed = best_plan(truth, saturating), best_plan(BudgetChooser(FLAT, max_depth=16, max_n_beams=16),
+                                                                saturating)
+    assert believed.budget > optimum.budget  # the profile alone points at too large a tree
+    timed = BudgetChooser(FLAT, max_depth=16, max_n_beams=16)
+    chosen = run_chooser(timed, saturating, 300, random.Random(0), truth)
+    late = chosen[-100:]
+    assert efficiency(truth, saturating, late) >= 0.95, {p: late.count(p) for p in set(late)}
+    assert efficiency(truth, saturating, chosen) >= 0.9
+    assert timed.time_ratio(optimum.budget) == pytest.approx(truth.seconds(optimum) / timed.profile_seconds(optimum),
+                                                             rel=0.15)
+    # the same run priced by the profile alone keeps choosing too large a tree
+    untimed = BudgetChooser(FLAT, max_depth=16, max_n_beams=16, timed=False)
+    late = run_chooser(untimed, saturating, 300, random.Random(0), truth)[-100:]
+    assert efficiency(truth, saturating, late) < 0.85
+    assert not untimed.log_ratio
+
+
+def test_measured_seconds_price_the_budgets_not_run_like_the_nearest_run():
+    chooser = BudgetChooser(FLAT, max_depth=8, max_n_beams=4)
+    assert chooser.time_ratio(16) == 1.0  # nothing measured: the profile as it is
+    plan = TreePlan(16, 4)
+    chooser.last = plan
+    counts = torch.ones(len(chooser.budgets), len(chooser.depths))
+    chooser.observe_counts(counts, 4, emitted=2)
+    chooser.observe_seconds(2 * chooser.profile_seconds(plan))
+    chooser.observe_seconds(5.0)  # nothing observed since: ignored
+    assert chooser.time_ratio(16) == pytest.approx(2.0)
+    assert chooser.seconds(plan) == pytest.approx(2 * chooser.profile_seconds(plan))
+    assert chooser.time_ratio(64) == pytest.approx(2.0) and chooser.time_ratio(0) == pytest.approx(2.0)
+    chooser.last = TreePlan(AUTOREGRESSIVE, 0)
+    chooser.observe(None, None, 0)
+    chooser.observe_seconds(0.5 * FLAT.target_seconds(1))
+    assert chooser.time_ratio(0) == pytest.approx(0.5) and chooser.time_ratio(8) == pytest.approx(0.5)
+    assert chooser.time_ratio(32) == pytest.approx(2.0)
+    chooser.last = plan  # later iterations move the mean (in logarithms) a tenth of the way
+    chooser.observe_counts(counts, 4, emitted=2)
+    chooser.observe_seconds(4 * chooser.profile_seconds(plan))
+    assert chooser.time_ratio(16) == pytest.approx(2.0 ** 1.1)
+    chooser.observe_counts(counts, 4, emitted=2)
+    chooser.observe_seconds(1e6)  # a stall counts as at most 8x
+    assert chooser.time_ratio(16) == pytest.approx(math.exp(0.9 * math.log(2.0 ** 1.1) + 0.1 * math.log(8.0)))
 
 
 def test_expected_seconds_follow_the_profile():
@@ -292,12 +344,14 @@ def test_auto_keeps_what_it_learnt_across_generations():
         chooser = engine._planner(cfg)
         assert chooser.acceptance.passes == passes  # one chooser saw both generations' passes
         assert chooser.acceptance.weight.sum() > 0
+        assert chooser.log_ratio  # and priced its trees by their measured times
     other = engine._planner(engine._config(None, dict(max_budget="auto", max_beam_len=4)))
     assert other is not chooser and other.acceptance.passes == 0
     sampled = engine._config(None, dict(max_budget="auto", max_beam_len=6, temperature=0.7, seed=None))
     assert engine._planner(sampled) is not chooser and engine._planner(sampled) is engine._planner(sampled)
     seeded = engine._config(None, dict(max_budget="auto", max_beam_len=6, temperature=0.7, seed=5))
     assert engine._planner(seeded) is not engine._planner(seeded)  # seeded sampling starts afresh: it repeats
+    assert not engine._planner(seeded).timed  # and keeps to the profile: timings differ between runs
     a = engine.generate(prompts[0], max_new_tokens=16, max_budget="auto", max_beam_len=6, temperature=0.7, seed=5)
     b = engine.generate(prompts[0], max_new_tokens=16, max_budget="auto", max_beam_len=6, temperature=0.7, seed=5)
     assert a.token_ids == b.token_ids and a.stats.budgets == b.stats.budgets

@@ -9,10 +9,18 @@ when it could not; an estimate no tree has renewed lately is dropped and the can
 valued so again (ever more rarely for one that keeps losing), so the choice follows a text
 whose predictability changes. Autoregressive decoding (budget 0) is always a candidate: one token for
 one one-token target pass.
+
+The profile is timed on a short prefix with passes back to back; decoding has longer prefixes,
+drafting between passes and, streamed, reads that compete with both. So the chooser also keeps,
+per budget, a running mean of measured over predicted iteration seconds (in logarithms, about
+the last ten iterations of that budget), and prices each candidate at its profile time times
+that ratio, or, for a budget not run yet, times the ratio of the nearest budget run (the
+largest below it, else the smallest above).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from .acceptance import AcceptanceProfile
@@ -22,6 +30,8 @@ AUTOREGRESSIVE = 0
 DEPTH_LADDER = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 MAX_AUTO_BUDGET = 1024
 MIN_GAIN = 0.05  # tokens per pass an untried budget doubling or depth level is credited at least
+TIME_MEMORY = 0.9  # weight the old mean of log(measured / predicted seconds) keeps at each iteration
+MAX_TIME_RATIO = 8.0  # one iteration's ratio counts as at most 8 or at least 1/8 (a stall is not a cost)
 
 
 @dataclass(frozen=True)
@@ -42,7 +52,7 @@ def budget_ladder(largest: int) -> list[int]:
 
 class BudgetChooser:
     def __init__(self, cost: CostProfile, *, max_depth: int, max_n_beams: int, max_budget: int = MAX_AUTO_BUDGET,
-                 optimism: float = 0.5, memory: float = 0.9):
+                 optimism: float = 0.5, memory: float = 0.9, timed: bool = True):
         # budgets whose target pass was measured (a larger one could not pay: see cost.measure)
         largest = min(max_budget, cost.largest_target_pass)
         self.cost = cost
@@ -54,12 +64,30 @@ class BudgetChooser:
         self.last: TreePlan | None = None
         self._fixed_seconds = [[self._after_catch_up(TreePlan(b, d)) for d in self.depths] for b in self.budgets]
         self.catch_up = 2  # tokens the draft's first pass of an iteration takes in (accepted last time + 1)
+        # measured iteration times correct the profile's, per budget (0: autoregressive); ``timed=False``
+        # keeps to the profile alone, so that the same inputs choose the same trees (seeded sampling)
+        self.timed = timed
+        self.log_ratio: dict[int, float] = {}
+        self._predicted: tuple[int, float] | None = None  # (budget, profile seconds) of the last iteration
 
     # ------------------------------------------------------------------ model
     def seconds(self, plan: TreePlan) -> float:
+        """Expected seconds of one iteration with ``plan``: the profile's, corrected by measured times."""
+        return self.profile_seconds(plan) * self.time_ratio(plan.budget)
+
+    def profile_seconds(self, plan: TreePlan) -> float:
         if plan.budget == AUTOREGRESSIVE:
             return self.cost.target_seconds(1)
         return self.cost.draft_seconds(self.catch_up) + self._after_catch_up(plan)
+
+    def time_ratio(self, budget: int) -> float:
+        """Measured over predicted iteration seconds for ``budget`` (borrowed from the nearest budget run)."""
+        if not self.log_ratio:
+            return 1.0
+        if budget not in self.log_ratio:
+            below = [b for b in self.log_ratio if b < budget]
+            budget = max(below) if below else min(self.log_ratio)
+        return math.exp(self.log_ratio[budget])
 
     def _after_catch_up(self, plan: TreePlan) -> float:
         growth = (plan.depth - 1) * self.cost.draft_seconds(min(self.max_n_beams, plan.budget))
@@ -115,12 +143,13 @@ class BudgetChooser:
         tokens = self.expected_tokens()
         catch_up = self.cost.draft_seconds(self.catch_up)
         for i, b in enumerate(self.budgets):
+            ratio = self.time_ratio(b)
             for j, d in enumerate(self.depths):
                 if d > b:
                     continue
                 plan = TreePlan(b, d)
                 expected, measured = tokens[i][j]
-                rows.append((plan, expected, catch_up + self._fixed_seconds[i][j], measured))
+                rows.append((plan, expected, (catch_up + self._fixed_seconds[i][j]) * ratio, measured))
         return rows
 
     # ------------------------------------------------------------------ choice
@@ -135,12 +164,37 @@ class BudgetChooser:
 
     def observe(self, tree, path, depth: int) -> None:
         """Record the pass just verified: the tree of the last :meth:`choose`, grown with ``depth`` passes."""
+        if not self._observe_plan(depth):
+            return
+        self.acceptance.observe(tree, path, self.last.budget, min(depth, self.last.depth))
+        self.catch_up = len(path)  # accepted tokens + the target's own: what the draft reads next
+
+    def observe_counts(self, counts, depth: int, emitted: int) -> None:
+        """:meth:`observe` from tokens per pass already counted (budgets x depths) and ``emitted`` tokens."""
+        if self._observe_plan(depth):
+            self.acceptance.observe_counts(counts, self.last.budget, min(depth, self.last.depth))
+            self.catch_up = emitted
+
+    def _observe_plan(self, depth: int) -> bool:
+        """Note the profile's time for the iteration run; False where it drafted no tree."""
         plan = self.last
         if plan is None or plan.budget == AUTOREGRESSIVE or depth == 0:
+            self._predicted = (AUTOREGRESSIVE, self.profile_seconds(TreePlan(AUTOREGRESSIVE, 0)))
             self.acceptance.tick()
+            return False
+        self._predicted = (plan.budget, self.profile_seconds(TreePlan(plan.budget, min(depth, plan.depth))))
+        return True
+
+    def observe_seconds(self, seconds: float) -> None:
+        """Record how long the iteration just observed took, choice to commit."""
+        if not self.timed or self._predicted is None or not seconds > 0:
             return
-        self.acceptance.observe(tree, path, plan.budget, min(depth, plan.depth))
-        self.catch_up = len(path)  # accepted tokens + the target's own: what the draft reads next
+        budget, predicted = self._predicted
+        self._predicted = None
+        bound = math.log(MAX_TIME_RATIO)
+        step = min(max(math.log(seconds / predicted), -bound), bound)
+        old = self.log_ratio.get(budget)
+        self.log_ratio[budget] = step if old is None else TIME_MEMORY * old + (1 - TIME_MEMORY) * step
 
 
 class FixedBudget:
@@ -153,4 +207,7 @@ class FixedBudget:
         return self.plan
 
     def observe(self, tree, path, depth: int) -> None:
+        pass
+
+    def observe_seconds(self, seconds: float) -> None:
         pass
