@@ -7,8 +7,9 @@ covered is valued optimistically (halfway from the best covered candidate below 
 most it could give, depth + 1), so it is tried once when even that might pay and left alone
 when it could not; an estimate no tree has renewed lately is dropped and the candidate
 valued so again (ever more rarely for one that keeps losing), so the choice follows a text
-whose predictability changes. Autoregressive decoding (budget 0) is always a candidate: one token for
-one one-token target pass.
+whose predictability changes. Such probes take at most a tenth of the (expected) time after
+the first, so that where no tree pays, trying them again costs little. Autoregressive decoding
+(budget 0) is always a candidate: one token for one one-token target pass.
 
 The profile is timed on a short prefix with passes back to back; decoding has longer prefixes,
 drafting between passes and, streamed, reads that compete with both. So the chooser also keeps,
@@ -31,6 +32,7 @@ DEPTH_LADDER = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 MAX_AUTO_BUDGET = 1024
 MIN_GAIN = 0.05  # tokens per pass an untried budget doubling or depth level is credited at least
 TIME_MEMORY = 0.9  # weight the old mean of log(measured / predicted seconds) keeps at each iteration
+PROBE_SHARE = 0.1  # of the time, at most, spent on candidates without a current estimate (after the first)
 MAX_TIME_RATIO = 8.0  # one iteration's ratio counts as at most 8 or at least 1/8 (a stall is not a cost)
 
 
@@ -69,6 +71,8 @@ class BudgetChooser:
         self.timed = timed
         self.log_ratio: dict[int, float] = {}
         self._predicted: tuple[int, float] | None = None  # (budget, profile seconds) of the last iteration
+        self.spent_seconds = 0.0  # expected seconds of every choice so far, and of the probes among them
+        self.probe_seconds = 0.0
 
     # ------------------------------------------------------------------ model
     def seconds(self, plan: TreePlan) -> float:
@@ -154,11 +158,19 @@ class BudgetChooser:
 
     # ------------------------------------------------------------------ choice
     def choose(self) -> TreePlan:
-        best, best_rate = None, -1.0
-        for plan, tokens, seconds, _ in self.table():
+        """The candidate of most expected tokens per second; one without a current estimate (a probe)
+        only while probes have taken at most ``PROBE_SHARE`` of the expected seconds so far."""
+        may_probe = self.probe_seconds <= PROBE_SHARE * self.spent_seconds
+        best, best_rate, best_seconds, probe = None, -1.0, 0.0, False
+        for plan, tokens, seconds, measured in self.table():
+            if not measured and not may_probe:
+                continue
             rate = tokens / seconds
             if rate > best_rate * (1 + 1e-9):  # ties go to the cheaper candidate (listed first)
-                best, best_rate = plan, rate
+                best, best_rate, best_seconds, probe = plan, rate, seconds, not measured
+        self.spent_seconds += best_seconds
+        if probe:
+            self.probe_seconds += best_seconds
         self.last = best
         return best
 
