@@ -9,6 +9,7 @@ import torch
 
 from specexec import SpecExecEngine
 from specexec.budget import AUTOREGRESSIVE, BudgetChooser, CostProfile, TreePlan, cache, load_or_measure
+from specexec.budget import chooser as chooser_module
 from specexec.budget.acceptance import counterfactual_counts
 from specexec.errors import ConfigError
 from specexec.runner import ModelRunner
@@ -179,6 +180,31 @@ def test_the_chooser_decodes_autoregressively_when_every_tree_loses():
     assert all(p.budget == AUTOREGRESSIVE for p in run_chooser(chooser, saturating, 50, random.Random(2)))
 
 
+# a small model in RAM on a CPU: a tree pass costs several one-token passes
+CPU = CostProfile(target={1: 0.07, 2: 0.12, 8: 0.14, 16: 0.16, 32: 0.2, 64: 0.3, 128: 0.4, 1024: 2.7},
+                  draft={1: 0.0085, 16: 0.015, 64: 0.035})
+
+
+@pytest.mark.parametrize("share", [chooser_module.PROBE_SHARE, float("inf")])
+def test_probes_take_a_bounded_share_of_the_time(monkeypatch, share):
+    """Where trees lose (here a tree of any size yields 1.6 tokens a pass), trying them again as
+    their estimates expire (here after 2-4 passes) costs at most about 5% of the time, so
+    auto keeps 95% of the speed of decoding without a tree; without that bound, more."""
+    monkeypatch.setattr(chooser_module, "PROBE_SHARE", share)
+    chooser = BudgetChooser(CPU, max_depth=16, max_n_beams=16)
+    chooser.acceptance.patience[:] = 2
+    chooser.acceptance.max_patience = 4
+    chosen = run_chooser(chooser, lambda b, d: 1.6, 1000, random.Random(4))
+    tree_seconds = sum(chooser.seconds(p) for p in chosen if p.budget != AUTOREGRESSIVE)
+    share_of_time = tree_seconds / sum(chooser.seconds(p) for p in chosen)
+    if share <= 1:
+        assert share_of_time <= 0.06, share_of_time
+        assert efficiency(chooser, lambda b, d: 1.6, chosen) >= 0.95
+    else:
+        assert share_of_time > 0.1, share_of_time
+        assert efficiency(chooser, lambda b, d: 1.6, chosen) < 0.95
+
+
 def test_the_chooser_follows_acceptance_that_changes_mid_run():
     chooser = BudgetChooser(FLAT, max_depth=16, max_n_beams=16)
     rng = random.Random(3)
@@ -231,13 +257,14 @@ def test_measured_seconds_price_the_budgets_not_run_like_the_nearest_run():
     chooser.observe_seconds(0.5 * FLAT.target_seconds(1))
     assert chooser.time_ratio(0) == pytest.approx(0.5) and chooser.time_ratio(8) == pytest.approx(0.5)
     assert chooser.time_ratio(32) == pytest.approx(2.0)
-    chooser.last = plan  # later iterations move the mean (in logarithms) a tenth of the way
+    chooser.last = plan  # the mean (in logarithms) weighs the past 0.9 per iteration
     chooser.observe_counts(counts, 4, emitted=2)
     chooser.observe_seconds(4 * chooser.profile_seconds(plan))
-    assert chooser.time_ratio(16) == pytest.approx(2.0 ** 1.1)
+    assert chooser.time_ratio(16) == pytest.approx(2.0 ** (2.9 / 1.9))  # (0.9 * log 2 + log 4) / 1.9
     chooser.observe_counts(counts, 4, emitted=2)
     chooser.observe_seconds(1e6)  # a stall counts as at most 8x
-    assert chooser.time_ratio(16) == pytest.approx(math.exp(0.9 * math.log(2.0 ** 1.1) + 0.1 * math.log(8.0)))
+    past = 0.9 * 1.9
+    assert chooser.time_ratio(16) == pytest.approx(math.exp((past * 2.9 / 1.9 * math.log(2.0) + math.log(8.0)) / (past + 1)))
 
 
 def test_expected_seconds_follow_the_profile():

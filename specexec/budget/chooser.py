@@ -7,8 +7,9 @@ covered is valued optimistically (halfway from the best covered candidate below 
 most it could give, depth + 1), so it is tried once when even that might pay and left alone
 when it could not; an estimate no tree has renewed lately is dropped and the candidate
 valued so again (ever more rarely for one that keeps losing), so the choice follows a text
-whose predictability changes. Such probes take at most a tenth of the (expected) time after
-the first, so that where no tree pays, trying them again costs little. Autoregressive decoding
+whose predictability changes. Such probes take at most 5% of the (expected) time after the
+first, and each emits at least one token, so where no tree pays, trying them again costs at most
+5% of the speed of the best candidate known. Autoregressive decoding
 (budget 0) is always a candidate: one token for one one-token target pass.
 
 The profile is timed on a short prefix with passes back to back; decoding has longer prefixes,
@@ -31,8 +32,8 @@ AUTOREGRESSIVE = 0
 DEPTH_LADDER = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 MAX_AUTO_BUDGET = 1024
 MIN_GAIN = 0.05  # tokens per pass an untried budget doubling or depth level is credited at least
-TIME_MEMORY = 0.9  # weight the old mean of log(measured / predicted seconds) keeps at each iteration
-PROBE_SHARE = 0.1  # of the time, at most, spent on candidates without a current estimate (after the first)
+TIME_MEMORY = 0.9  # decay of the weights in the mean of log(measured / predicted seconds): about ten iterations
+PROBE_SHARE = 0.05  # of the time, at most, spent on candidates without a current estimate (after the first)
 MAX_TIME_RATIO = 8.0  # one iteration's ratio counts as at most 8 or at least 1/8 (a stall is not a cost)
 
 
@@ -69,7 +70,8 @@ class BudgetChooser:
         # measured iteration times correct the profile's, per budget (0: autoregressive); ``timed=False``
         # keeps to the profile alone, so that the same inputs choose the same trees (seeded sampling)
         self.timed = timed
-        self.log_ratio: dict[int, float] = {}
+        self.log_ratio: dict[int, float] = {}  # weighted mean of log(measured / predicted seconds)
+        self._ratio_weight: dict[int, float] = {}
         self._predicted: tuple[int, float] | None = None  # (budget, profile seconds) of the last iteration
         self.spent_seconds = 0.0  # expected seconds of every choice so far, and of the probes among them
         self.probe_seconds = 0.0
@@ -205,8 +207,9 @@ class BudgetChooser:
         self._predicted = None
         bound = math.log(MAX_TIME_RATIO)
         step = min(max(math.log(seconds / predicted), -bound), bound)
-        old = self.log_ratio.get(budget)
-        self.log_ratio[budget] = step if old is None else TIME_MEMORY * old + (1 - TIME_MEMORY) * step
+        old = TIME_MEMORY * self._ratio_weight.get(budget, 0.0)  # the first iterations count alike, later
+        self._ratio_weight[budget] = old + 1.0                    # ones weigh 1 against the past's <= 10
+        self.log_ratio[budget] = (old * self.log_ratio.get(budget, 0.0) + step) / (old + 1.0)
 
 
 class FixedBudget:
