@@ -96,10 +96,13 @@ def test_first_three_tokens_follow_the_target(models, method, sampling):
 
 
 @pytest.mark.parametrize("sampling", SETTINGS[2:3], ids=lambda s: f"T{s.temperature}-p{s.top_p}")
-def test_auto_budget_follows_the_target(models, sampling):
+def test_auto_budget_follows_the_target(models, sampling, monkeypatch):
     """Budgets chosen pass by pass from what was accepted keep the target's distribution."""
     from specexec.budget import CostProfile
+    from specexec.budget import chooser as chooser_module
 
+    # probes unbounded: each seeded call starts a fresh chooser, which then tries several trees
+    monkeypatch.setattr(chooser_module, "PROBE_SHARE", 1.0)
     target, draft = models
     engine = SpecExecEngine(target, None, draft)
     # trees cost little next to a target pass: auto drafts, and its choice moves with each acceptance
