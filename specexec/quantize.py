@@ -132,6 +132,7 @@ def quantize_model(model: torch.nn.Module, mode: str) -> torch.nn.Module:
         if old.bias is not None:
             new.bias = torch.nn.Parameter(old.bias.data, requires_grad=False)
         new.to(old.weight.device)  # quantizes the weight
+        new.train(old.training)  # bitsandbytes repacks 4-bit weights for CPUs with AVX512-BF16 in eval mode only
         setattr(parent, child, new)
     return model
 

@@ -14,7 +14,7 @@ from specexec import SpecExecEngine
 from specexec.errors import ModelLoadError, OffloadError
 from specexec.models import load_model, truncated_copy
 from specexec.offload.packed import Packing
-from specexec.offload.plan import find_decoder_layers
+from specexec.offload.plan import PACK_ALIGN, find_decoder_layers
 from specexec.quantize import QuantizationError, describe, parse_quantize, quantize_model
 
 from conftest import assert_greedy_equal, greedy_reference, tiny_model
@@ -158,16 +158,37 @@ def test_streamed_quantized_layers_equal_resident_ones_and_read_packed_bytes(fam
     want = tree_logits(resident, [1, 2, 3, 4], *TREE)
     got = tree_logits(streamed, [1, 2, 3, 4], *TREE)
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
-    # a pass reads each layer's packed tensors once: their bytes, up to 4 KiB alignment per file
+    # a pass reads each layer's packed tensors once: their bytes, plus the gaps that align each tensor to
+    # PACK_ALIGN in the file and each file's read to 4 KiB at both ends
     packing = Packing()
-    packed = sum(t.numel() * t.element_size() for i, layer in enumerate(find_decoder_layers(resident)[1])
-                 for local, p in layer.named_parameters() for t in packing.cut(i, local, p).values())
+    pieces = [t for i, layer in enumerate(find_decoder_layers(resident)[1])
+              for local, p in layer.named_parameters() for t in packing.cut(i, local, p).values()]
+    packed = sum(t.numel() * t.element_size() for t in pieces)
     read = _pass_bytes(streamed, ids)
     n_layers = len(layers)
-    assert packed <= read <= packed + n_layers * (2 * 4096 + 1024)
+    assert packed <= read <= packed + len(pieces) * PACK_ALIGN + n_layers * 2 * 4096
     floats = sum(p.numel() * 4 for layer in find_decoder_layers(_tiny(family))[1] for p in layer.parameters())
     # int8: a byte a weight, int4: half a byte (plus scales); mixtral's experts are no nn.Linear: they stay float
     assert read < ({"int8": 0.4, "int4": 0.3}[mode] if family == "llama" else 1.0) * floats
+
+
+@pytest.mark.parametrize("repack", [False, True], ids=["plain-cpu-kernel", "avx512bf16-repack"])
+def test_int4_is_exact_with_and_without_the_cpu_repacking(repack, folders, monkeypatch):
+    """bitsandbytes repacks 4-bit weights (bfloat16 scales) on the first eval-mode run on CPUs with
+    AVX512-BF16 and computes with them differently: quantizing on load, in place and streaming agree
+    either way. A machine without AVX512-BF16 runs the plain kernel in both cases."""
+    import bitsandbytes.nn.modules as bnb_modules
+
+    if not repack:
+        monkeypatch.setattr(bnb_modules, "has_avx512bf16", lambda: False)
+    model = quantized(folders["llama"], "int4")
+    with torch.no_grad():
+        model(torch.tensor([[1, 2]]))
+    repacked = {getattr(m.weight.quant_state, "packing_format_for_cpu", False)
+                for m in model.modules() if isinstance(m, bnb_modules.Linear4bit)}
+    assert repacked == {repack and bnb_modules.has_avx512bf16()}
+    test_quantizing_in_place_equals_quantizing_on_load("llama", "int4", folders)
+    test_streamed_quantized_layers_equal_resident_ones_and_read_packed_bytes("llama", "int4", folders)
 
 
 @pytest.mark.parametrize("mode", MODES)
