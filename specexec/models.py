@@ -285,6 +285,10 @@ def load_model(name: str | None, dtype: str | torch.dtype | None = "float32", de
     except Exception as err:  # noqa: BLE001
         raise _explain(str(name), err) from err
     model = (model if quantized else model.to(device)).eval()
+    if quantized:
+        from .quantize import decompress_now
+
+        decompress_now(model)
     tokenizer = load_tokenizer(name) if with_tokenizer else None
     return LoadedModel(model, tokenizer, EMBEDDED if name in EMBEDDED_ALIASES else str(name))
 

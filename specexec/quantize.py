@@ -97,6 +97,21 @@ def check_checkpoint(config, device, quantize: str | None, name: str) -> None:
     if quantize is not None:
         raise QuantizationError(f"{name} is already quantized ({method}): load it without quantizing it again")
     require_backend(method, device, what=f"{name}: ")
+    if method == "compressed-tensors":
+        _check_compressed_tensors(config.quantization_config, name)
+
+
+def _check_compressed_tensors(qc, name: str) -> None:
+    """Refuse the compressed-tensors layouts that do not load with the pinned libraries."""
+    qc = qc if isinstance(qc, dict) else qc.to_dict()
+    for group in (qc.get("config_groups") or {}).values():
+        weights = group.get("weights") or {}
+        fmt = group.get("format") or qc.get("format")
+        if fmt == "pack-quantized" and weights.get("symmetric") is False \
+                and weights.get("strategy") in ("group", "channel"):
+            raise QuantizationError(f"{name}: asymmetric pack-quantized compressed-tensors weights (packed zero "
+                                    "points) do not load with transformers 5.24 and compressed-tensors 0.20; "
+                                    "symmetric schemes (e.g. W4A16, W8A16) do")
 
 
 def quantize_model(model: torch.nn.Module, mode: str) -> torch.nn.Module:
@@ -160,6 +175,10 @@ def describe(model) -> str | None:
     if known is not None:
         return known
     for m in model.modules():
+        scheme = compressed_tensors_scheme(m)
+        if scheme is not None:
+            kind, fmt = (getattr(v, "value", v) for v in (scheme.weights.type, scheme.format))
+            return f"{kind}{scheme.weights.num_bits} {fmt or 'dense'} (compressed-tensors)"
         w = getattr(m, "weight", None)
         if w is None:
             continue
@@ -168,3 +187,25 @@ def describe(model) -> str | None:
         if type(w).__module__.startswith("bitsandbytes"):
             return f"{getattr(w, 'quant_type', '4bit')} (bitsandbytes)"
     return None
+
+
+def compressed_tensors_scheme(module):
+    """The compressed-tensors scheme of a module whose weights that library quantized, else None."""
+    scheme = getattr(module, "quantization_scheme", None)
+    if scheme is None or getattr(scheme, "weights", None) is None or not type(scheme).__module__.startswith(
+            "compressed_tensors"):
+        return None
+    return scheme
+
+
+def decompress_now(model) -> None:
+    """A compressed-tensors checkpoint loads compressed and decompresses its weights on its first forward
+    pass; do it now, so that the model's layers hold their weights (a truncated draft copies them), and
+    take away the parameter wrappers of compressed-tensors' own offloading that decompressing installs:
+    the weights stay where they are, as plain parameters (streaming swaps them layer by layer)."""
+    compressor = getattr(getattr(model, "hf_quantizer", None), "compressor", None)
+    if compressor is not None and hasattr(model, "ct_decompress_hook"):
+        from compressed_tensors.offload import remove_dispatch
+
+        compressor.decompress_model(model)
+        remove_dispatch(model, onload_tensors=True)

@@ -8,6 +8,12 @@ so), writes every streamed layer's tensors as they are then, one safetensors fil
 cached *packed store*), frees them, and streams the layers from that store through the usual
 transports, every tensor in its own dtype. Per pass the reader moves the packed bytes only.
 
+A compressed-tensors module (a checkpoint of ``quant_method: compressed-tensors``) is
+decompressed to float weights when the model first runs; the store holds it compressed again by
+its own format (for ``pack-quantized``: int4 or int8 values packed in int32, the scales), checked to
+decompress to exactly the weights the resident model computes with, and each pass decompresses it
+on arrival.
+
 A :class:`Packing` rebuilds each parameter from the buffer's views before every layer runs:
 a fresh object each time, so no state a kernel builds for one layer's weights survives into
 another layer's (the buffers are shared by the layers in rotation).
@@ -65,6 +71,30 @@ class Packing:
         self.kinds[index, local] = (kind, template, list(pieces))
         return pieces
 
+    def cut_layer(self, index: int, layer: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """Every plain tensor of decoder layer ``index``, keyed '<param>::<piece>'; a compressed-tensors
+        module is cut as a whole (its weight compressed, with its quantization parameters)."""
+        from ..quantize import compressed_tensors_scheme
+
+        pieces, covered = {}, set()
+        for name, module in layer.named_modules():
+            scheme = compressed_tensors_scheme(module)
+            if scheme is None:
+                continue
+            prefix = f"{name}." if name else ""
+            compressor, packed, names = _ct_compress(index, prefix, module, scheme)
+            local = prefix + "weight"
+            self.names.setdefault(index, []).extend(prefix + n for n in names)
+            for n in names:
+                self.kinds[index, prefix + n] = ("ct-part", None, [])
+                covered.add(prefix + n)
+            self.kinds[index, local] = ("ct", (compressor, scheme, prefix, names), list(packed))
+            pieces.update({local + SEP + k: v for k, v in packed.items()})
+        for local, param in layer.named_parameters():
+            if local not in covered:
+                pieces.update({local + SEP + k: v for k, v in self.cut(index, local, param).items()})
+        return pieces
+
     def param_names(self, index: int) -> list[str]:
         return self.names[index]
 
@@ -76,6 +106,14 @@ class Packing:
             if kind == "plain":
                 out[local] = views[local + SEP]
                 continue
+            if kind == "ct-part":  # filled in by its module's weight
+                continue
+            if kind == "ct":
+                compressor, scheme, prefix, params = template
+                dense = compressor.decompress({n: views[local + SEP + n].data for n in names}, scheme)
+                for n in params:
+                    out[prefix + n] = torch.nn.Parameter(dense[n], requires_grad=False)
+                continue
             pieces = {n: views[local + SEP + n].data for n in names}
             if kind == "subclass":
                 cls, ctx, size, stride = template
@@ -84,6 +122,24 @@ class Packing:
             else:
                 out[local] = _params4bit(template, pieces)
         return out
+
+
+def _ct_compress(index: int, prefix: str, module, scheme):
+    """A compressed-tensors module's parameters compressed by its format: (the format's compressor, the
+    compressed tensors, the module's parameter names), checked to decompress to the module's own tensors."""
+    from compressed_tensors.compressors import BaseCompressor
+    from compressed_tensors.compressors.format import infer_module_format
+
+    fmt = scheme.format or infer_module_format(type(module), scheme)
+    compressor = BaseCompressor.get_value_from_registry(getattr(fmt, "value", fmt))
+    state = {n: p.data for n, p in module.named_parameters(recurse=False)}
+    with torch.no_grad():
+        packed = compressor.compress(state, scheme)
+        dense = compressor.decompress(packed, scheme)
+    if not all(n in dense and dense[n].dtype == t.dtype and torch.equal(dense[n], t) for n, t in state.items()):
+        raise OffloadError(f"decoder layer {index}: {prefix}weight ({getattr(fmt, 'value', fmt)}, compressed-tensors) "
+                           "does not decompress to the weights it computes with; it cannot be streamed exactly")
+    return compressor, {k: v.contiguous() for k, v in packed.items()}, list(state)
 
 
 def _state_tensors(qs, prefix: str = "") -> dict[str, torch.Tensor]:
@@ -130,7 +186,7 @@ def store_key(model, source: str) -> str:
     import importlib.metadata as md
 
     versions = {}
-    for pkg in ("torch", "torchao", "bitsandbytes", "transformers"):
+    for pkg in ("torch", "torchao", "bitsandbytes", "compressed-tensors", "transformers"):
         try:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
@@ -163,11 +219,7 @@ def stream_packed(model, options, store_root: Path, source: str, reader=None):
     packing = Packing()
     pieces_by_layer = {}  # every layer is stored, so that any keep_layers finds its layers in one store
     for i in range(len(layers)):
-        pieces = {}
-        for local, param in list(layers[i].named_parameters()):
-            for piece, tensor in packing.cut(i, local, param).items():
-                pieces[local + SEP + piece] = tensor
-        pieces_by_layer[i] = pieces
+        pieces_by_layer[i] = packing.cut_layer(i, layers[i])
     folder = store_root / store_key(model, source)
     folder.parent.mkdir(parents=True, exist_ok=True)
     with open(folder.parent / f".{folder.name}.lock", "w") as lock:
