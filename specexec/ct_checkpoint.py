@@ -13,20 +13,29 @@ from pathlib import Path
 
 import torch
 
-SYMMETRIC_SCHEMES = ("W4A16", "W8A16")  # asymmetric ones (packed zero points) do not load back here
+# weight-only presets with one scale per group of weights; the asymmetric one (packed zero points) writes
+# checkpoints that do not load back with the pinned transformers (specexec refuses them)
+SCHEMES = ("W4A16", "W8A16", "W4A16_ASYM")
 
 
 def write_compressed_tensors(model: torch.nn.Module, folder: str | Path, scheme: str = "W4A16",
                              group_size: int = 128, ignore: tuple[str, ...] = ("lm_head",)) -> Path:
-    """Quantize ``model``'s ``nn.Linear`` layers (all but ``ignore``) in place with the preset ``scheme``
-    and ``group_size`` weights a scale, and save it with its config as a compressed-tensors checkpoint
-    in ``folder``; returns the folder. Every quantized layer's input width must be a multiple of
-    ``group_size``."""
+    """Quantize ``model``'s ``nn.Linear`` layers (all but those named in ``ignore``) with the preset
+    ``scheme``, ``group_size`` weights a scale, and save it with its config as a compressed-tensors
+    checkpoint in ``folder``; returns the folder. ``model`` is left compressed (load the folder to
+    use it). Every quantized layer's input width must be a multiple of ``group_size``."""
     from compressed_tensors.compressors import ModelCompressor
     from compressed_tensors.quantization import (QuantizationConfig, QuantizationStatus, apply_quantization_config,
                                                  preset_name_to_scheme)
     from compressed_tensors.quantization.utils import calculate_qparams
 
+    if scheme not in SCHEMES:
+        raise ValueError(f"scheme {scheme!r}: choose one of {', '.join(SCHEMES)}")
+    for name, module in model.named_modules():  # checked before anything changes the model
+        if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] not in ignore and name not in ignore \
+                and module.in_features % group_size:
+            raise ValueError(f"{name}: input width {module.in_features} is not a multiple of the group size "
+                             f"{group_size}")
     preset = preset_name_to_scheme(scheme, ["Linear"])
     preset.weights.group_size = group_size
     config = QuantizationConfig(config_groups={"group_0": preset}, ignore=list(ignore))
@@ -35,9 +44,6 @@ def write_compressed_tensors(model: torch.nn.Module, folder: str | Path, scheme:
         for name, module in model.named_modules():
             if getattr(module, "quantization_scheme", None) is None:
                 continue
-            if module.weight.shape[-1] % group_size:
-                raise ValueError(f"{name}: input width {module.weight.shape[-1]} is not a multiple of the "
-                                 f"group size {group_size}")
             groups = module.weight.reshape(module.weight.shape[0], -1, group_size)
             scale, zero_point = calculate_qparams(groups.amin(-1), groups.amax(-1), module.quantization_scheme.weights)
             module.weight_scale.copy_(scale)

@@ -9,7 +9,7 @@ cached *packed store*), frees them, and streams the layers from that store throu
 transports, every tensor in its own dtype. Per pass the reader moves the packed bytes only.
 
 A compressed-tensors module (a checkpoint of ``quant_method: compressed-tensors``) is
-decompressed to float weights when the model first runs; the store holds it compressed again by
+decompressed to float weights as the model loads; the store holds it compressed again by
 its own format (for ``pack-quantized``: int4 or int8 values packed in int32, the scales), checked to
 decompress to exactly the weights the resident model computes with, and each pass decompresses it
 on arrival.
@@ -62,7 +62,8 @@ class Packing:
             kind, template, pieces = "plain", None, {"": param.data}
         else:
             raise OffloadError(f"decoder layer {index}: parameter {local} is a {type(param).__name__}, which "
-                               "offloading cannot stream (supported: float tensors, torchao int8, bitsandbytes 4-bit)")
+                               "offloading cannot stream (supported: float tensors, torchao int8, bitsandbytes 4-bit, "
+                               "compressed-tensors modules)")
         for piece, tensor in pieces.items():
             if type(tensor) not in (torch.Tensor, torch.nn.Parameter) or tensor.dtype not in DTYPE_NAMES:
                 raise OffloadError(f"decoder layer {index}: parameter {local} holds a {type(tensor).__name__} of "
@@ -84,6 +85,11 @@ class Packing:
             prefix = f"{name}." if name else ""
             compressor, packed, names = _ct_compress(index, prefix, module, scheme)
             local = prefix + "weight"
+            for piece, tensor in packed.items():
+                if type(tensor) not in (torch.Tensor, torch.nn.Parameter) or tensor.dtype not in DTYPE_NAMES:
+                    raise OffloadError(f"decoder layer {index}: {local} compressed by compressed-tensors holds a "
+                                       f"{type(tensor).__name__} of {tensor.dtype} ({piece}), which offloading "
+                                       "cannot stream")
             self.names.setdefault(index, []).extend(prefix + n for n in names)
             for n in names:
                 self.kinds[index, prefix + n] = ("ct-part", None, [])
@@ -131,14 +137,23 @@ def _ct_compress(index: int, prefix: str, module, scheme):
     from compressed_tensors.compressors.format import infer_module_format
 
     fmt = scheme.format or infer_module_format(type(module), scheme)
-    compressor = BaseCompressor.get_value_from_registry(getattr(fmt, "value", fmt))
+    fmt = getattr(fmt, "value", fmt)
+    compressor = BaseCompressor.get_value_from_registry(fmt)
     state = {n: p.data for n, p in module.named_parameters(recurse=False)}
+    # quantized again in float32: in bfloat16 the division by the scale rounds to a coarser grid than the
+    # integers it must recover; the tensors compressing leaves as they were keep their own dtype
+    wide = {n: t.float() if t.is_floating_point() else t for n, t in state.items()}
     with torch.no_grad():
-        packed = compressor.compress(state, scheme)
+        packed = compressor.compress(wide, scheme)
+        packed = {k: state[k] if k in state and torch.equal(v, wide[k]) else v for k, v in packed.items()}
         dense = compressor.decompress(packed, scheme)
-    if not all(n in dense and dense[n].dtype == t.dtype and torch.equal(dense[n], t) for n, t in state.items()):
-        raise OffloadError(f"decoder layer {index}: {prefix}weight ({getattr(fmt, 'value', fmt)}, compressed-tensors) "
-                           "does not decompress to the weights it computes with; it cannot be streamed exactly")
+    where = f"decoder layer {index}: {prefix}weight ({fmt}, compressed-tensors)"
+    for n, t in state.items():
+        if n not in dense:
+            raise OffloadError(f"{where}: its format drops the parameter {n}; it cannot be streamed exactly")
+        if dense[n].dtype != t.dtype or not torch.equal(dense[n], t):
+            raise OffloadError(f"{where}: {prefix}{n} does not decompress to the tensor it computes with; "
+                               "it cannot be streamed exactly")
     return compressor, {k: v.contiguous() for k, v in packed.items()}, list(state)
 
 
