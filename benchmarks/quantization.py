@@ -1,5 +1,6 @@
-"""Quantized targets: the embedded target in float32, bfloat16, int8 (torchao) and int4 (bitsandbytes
-NF4), resident and streamed from disk, in one run.
+"""Quantized targets: the embedded target in float32, bfloat16, int8 (torchao), int4 (bitsandbytes
+NF4) and as a W4A16 compressed-tensors checkpoint (round to nearest, groups of 64; written once into
+the cache), resident and streamed from disk, in one run.
 
 For each: the decoder-layer bytes a pass moves (resident: the layers' tensors; streamed: what the reader
 reads per pass, past the page cache), one target pass over n = 1 and 64 new tokens after a 64-token
@@ -8,12 +9,13 @@ dtype and quantization): autoregressive and SpecExec at --budgets, tokens/s and 
 Tokens per pass says how well the draft agrees with each quantized target (the float32 rows are the
 reference). Every SpecExec row's tokens are checked against its own target's autoregressive tokens.
 
-    python benchmarks/quantization.py [--prompts 3] [--max-new-tokens 32] [--budgets 16,64]
+    python benchmarks/quantization.py [--prompts 3] [--max-new-tokens 32] [--budgets 16,64] [--variants float32,ct]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 
 import torch
@@ -21,11 +23,26 @@ from common import GreedyRuns, machine, oasst_prompts
 from offload import pass_seconds
 
 VARIANTS = [("float32", "float32", None), ("bfloat16", "bfloat16", None), ("int8", "float32", "int8"),
-            ("int4", "float32", "int4")]
+            ("int4", "float32", "int4"), ("W4A16 (compressed-tensors)", "float32", "ct")]
+CT_GROUP = 64  # the embedded target's hidden size, 576, is a multiple of 64 (not of 128)
+
+
+def ct_checkpoint() -> str:
+    """The embedded target as a W4A16 compressed-tensors checkpoint (round to nearest), written once."""
+    from specexec.ct_checkpoint import write_compressed_tensors
+    from specexec.models import cache_dir, load_model
+
+    folder = cache_dir() / "compressed-tensors" / f"SmolLM2-135M-Instruct-W4A16-g{CT_GROUP}"
+    if not (folder / "config.json").exists():
+        loaded = load_model("embedded", dtype="float32")
+        write_compressed_tensors(loaded.model, folder, "W4A16", CT_GROUP)
+        loaded.tokenizer.save_pretrained(folder)
+    return str(folder)
 
 
 def layer_bytes(model) -> int:
-    """Bytes of the decoder layers' tensors (quantized weights counted packed, with their scales)."""
+    """Bytes of the decoder layers' tensors: streamed, what a pass reads; resident, what the layers hold
+    (quantized weights packed with their scales; a compressed-tensors model holds its weights decompressed)."""
     from specexec.offload.packed import Packing
     from specexec.offload.plan import find_decoder_layers
 
@@ -43,26 +60,30 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--budgets", default="16,64", help="SpecExec budgets; the best is reported")
     ap.add_argument("--repeats", type=int, default=3, help="timed passes per size")
-    ap.add_argument("--variants", default=",".join(v[0] for v in VARIANTS))
+    ap.add_argument("--variants", default="float32,bfloat16,int8,int4,ct",
+                    help="of float32, bfloat16, int8, int4, ct (W4A16 compressed-tensors, written once)")
     ap.add_argument("--regimes", default="resident,disk")
     args = ap.parse_args()
 
     from specexec import SpecExecEngine
     from specexec.drafts import default_draft
-    from specexec.models import load_model
+    from specexec.models import EMBEDDED, load_model
 
     print(f"machine: {machine()}", flush=True)
     budgets = [int(b) for b in args.budgets.split(",")]
     rows = []
-    for name, dtype, quantize in [v for v in VARIANTS if v[0] in args.variants.split(",")]:
+    chosen = args.variants.split(",")
+    for name, dtype, quantize in [v for v in VARIANTS if (v[2] or v[0]) in chosen or v[0] in chosen]:
+        target, quantize = (ct_checkpoint(), None) if quantize == "ct" else ("embedded", quantize)
         for regime in args.regimes.split(","):
             offload = "disk" if regime == "disk" else None
-            loaded = load_model("embedded", dtype=dtype, quantize=quantize, offload=offload)
+            loaded = load_model(target, dtype=dtype, quantize=quantize, offload=offload)
             model = loaded.model
             with torch.inference_mode():
                 t1, _ = pass_seconds(model, 1, args.repeats)
                 t64, _ = pass_seconds(model, 64, args.repeats)
-            draft, _ = default_draft(None, loaded, dtype=dtype, quantize=quantize)
+            # the shipped draft for every row (the compressed-tensors folder is the embedded target quantized)
+            draft, _ = default_draft(None, dataclasses.replace(loaded, name=EMBEDDED), dtype=dtype, quantize=quantize)
             engine = SpecExecEngine(model, loaded.tokenizer, draft, draft_tokenizer=loaded.tokenizer)
             print(f"{name}, {regime}: {layer_bytes(model) / 1e6:.1f} MB of layers per pass, pass n=1 "
                   f"{t1 * 1e3:.0f} ms, n=64 {t64 * 1e3:.0f} ms", flush=True)
