@@ -17,9 +17,8 @@ from specexec.offload.plan import PACK_ALIGN, find_decoder_layers
 from specexec.ct_checkpoint import write_compressed_tensors
 from specexec.quantize import describe
 
-from conftest import assert_greedy_equal, greedy_reference, tiny_config
-from test_offload import TREE, tree_logits
-from test_quantize import METHODS, _pass_bytes, fresh
+from conftest import tiny_config
+from test_quantize import _pass_bytes, assert_every_method_decodes_like, assert_streams_like_resident, fresh
 
 pytest.importorskip("compressed_tensors", reason="compressed-tensors is part of the test extra")
 
@@ -87,11 +86,7 @@ def test_every_method_is_greedy_exact_with_a_compressed_tensors_target(scheme, c
     target = load(checkpoints[scheme][0])
     draft = truncated_copy(target, 1)
     engine = SpecExecEngine(target, None, draft)
-    for prompt in ([3], [9, 4, 33, 2, 17, 8, 1]):
-        want = greedy_reference(target, prompt, 20)
-        for method, settings in METHODS:
-            got = engine.generate(prompt, method=method, max_new_tokens=20, temperature=0.0, **settings)
-            assert_greedy_equal(target, prompt, got.token_ids, want, f"{scheme} {method} {prompt}")
+    assert_every_method_decodes_like(target, engine, ([3], [9, 4, 33, 2, 17, 8, 1]), scheme)
 
 
 @pytest.mark.parametrize("scheme", list(CHECKPOINTS))
@@ -99,15 +94,9 @@ def test_streamed_layers_are_read_packed_and_equal_the_resident_ones(scheme, che
     folder, float_folder = checkpoints[scheme]
     resident = fresh(load(folder))
     streamed = load(folder, offload="disk", device_size=2)
-    assert describe(streamed) == describe(resident) == DESCRIBED[scheme]
+    assert describe(streamed) == DESCRIBED[scheme]
+    ids = assert_streams_like_resident(streamed, resident)
     layers = find_decoder_layers(streamed)[1]
-    assert all(p.device.type == "meta" for p in layers[0].parameters())  # at rest: no weights in RAM
-    ids = torch.tensor([[4, 8, 15, 16, 23]])
-    with torch.no_grad():
-        assert torch.equal(streamed(ids).logits, resident(ids).logits)
-    want = tree_logits(resident, [1, 2, 3, 4], *TREE)
-    got = tree_logits(streamed, [1, 2, 3, 4], *TREE)
-    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
     # a pass reads the packed values, scales (and zero points), not the float weights
     from safetensors import safe_open
 
@@ -142,11 +131,7 @@ def test_every_method_is_greedy_exact_with_a_compressed_tensors_target_streamed(
     target = load(folder, offload="disk", device_size=2, keep_layers=1)
     draft = truncated_copy(target, 2)  # its layer 1 is read from the packed store
     engine = SpecExecEngine(target, None, draft)
-    prompt = [9, 4, 33, 2]
-    want = greedy_reference(resident, prompt, 20)
-    for method, settings in METHODS:
-        got = engine.generate(prompt, method=method, max_new_tokens=20, temperature=0.0, **settings)
-        assert_greedy_equal(resident, prompt, got.token_ids, want, f"streamed compressed-tensors {method}")
+    assert_every_method_decodes_like(resident, engine, ([9, 4, 33, 2],), "streamed compressed-tensors")
 
 
 def test_a_format_that_does_not_decompress_exactly_is_refused_for_streaming(checkpoints, monkeypatch):

@@ -32,6 +32,16 @@ METHODS = [("specexec", dict(max_budget=32, max_n_beams=4, max_branch_width=4, m
            ("autoregressive", {})]
 
 
+def assert_every_method_decodes_like(reference, engine, prompts, label: str, tokens: int = 20) -> None:
+    """Every method of METHODS at temperature 0 gives ``reference``'s own greedy decoding (transformers'
+    generate) of each prompt."""
+    for prompt in prompts:
+        want = greedy_reference(reference, prompt, tokens)
+        for method, settings in METHODS:
+            got = engine.generate(prompt, method=method, max_new_tokens=tokens, temperature=0.0, **settings)
+            assert_greedy_equal(reference, prompt, got.token_ids, want, f"{label} {method} {prompt}")
+
+
 def _tiny(family: str, seed: int = 1):
     import transformers
 
@@ -95,11 +105,7 @@ def test_every_method_is_greedy_exact_with_a_quantized_target(family, mode, fold
     draft = truncated_copy(target, 1)  # its layer is the target's quantized layer 0
     assert describe(draft) == describe(target)
     engine = SpecExecEngine(target, None, draft)
-    for prompt in ([3], [9, 4, 33, 2, 17, 8, 1]):
-        want = greedy_reference(target, prompt, 20)
-        for method, settings in METHODS:
-            got = engine.generate(prompt, method=method, max_new_tokens=20, temperature=0.0, **settings)
-            assert_greedy_equal(target, prompt, got.token_ids, want, f"{family} {mode} {method} {prompt}")
+    assert_every_method_decodes_like(target, engine, ([3], [9, 4, 33, 2, 17, 8, 1]), f"{family} {mode}")
 
 
 def test_a_quantized_draft_keeps_exactness_with_a_float_target(folders):
@@ -142,13 +148,11 @@ def _settle(transport, timeout=10.0):
         time.sleep(0.005)
 
 
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("family", ["llama", "mixtral"])
-def test_streamed_quantized_layers_equal_resident_ones_and_read_packed_bytes(family, mode, folders):
+def assert_streams_like_resident(streamed, resident) -> torch.Tensor:
+    """The streamed model holds no layer weights at rest and gives the resident model's logits exactly, for
+    one prefix pass and for a tree pass; returns the prefix it ran."""
     from test_offload import TREE, tree_logits
 
-    resident = fresh(quantized(folders[family], mode))
-    streamed = quantized(folders[family], mode, offload="disk", device_size=2)
     assert describe(streamed) == describe(resident)
     layers = find_decoder_layers(streamed)[1]
     assert all(p.device.type == "meta" for p in layers[0].parameters())  # at rest: no weights in RAM
@@ -158,6 +162,16 @@ def test_streamed_quantized_layers_equal_resident_ones_and_read_packed_bytes(fam
     want = tree_logits(resident, [1, 2, 3, 4], *TREE)
     got = tree_logits(streamed, [1, 2, 3, 4], *TREE)
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    return ids
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("family", ["llama", "mixtral"])
+def test_streamed_quantized_layers_equal_resident_ones_and_read_packed_bytes(family, mode, folders):
+    resident = fresh(quantized(folders[family], mode))
+    streamed = quantized(folders[family], mode, offload="disk", device_size=2)
+    ids = assert_streams_like_resident(streamed, resident)
+    layers = find_decoder_layers(streamed)[1]
     # a pass reads each layer's packed tensors once: their bytes, plus the gaps that align each tensor to
     # PACK_ALIGN in the file and each file's read to 4 KiB at both ends
     packing = Packing()
@@ -197,11 +211,7 @@ def test_every_method_is_greedy_exact_with_a_quantized_target_streamed(mode, fol
     target = quantized(folders["llama"], mode, offload="disk", device_size=2, keep_layers=1)
     draft = truncated_copy(target, 2)  # layer 1 streams: read from the packed store
     engine = SpecExecEngine(target, None, draft)
-    prompt = [9, 4, 33, 2]
-    want = greedy_reference(resident, prompt, 20)
-    for method, settings in METHODS:
-        got = engine.generate(prompt, method=method, max_new_tokens=20, temperature=0.0, **settings)
-        assert_greedy_equal(resident, prompt, got.token_ids, want, f"streamed {mode} {method}")
+    assert_every_method_decodes_like(resident, engine, ([9, 4, 33, 2],), f"streamed {mode}")
 
 
 def test_the_ram_tier_streams_packed_layers_too(folders):
