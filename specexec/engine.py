@@ -144,7 +144,7 @@ class SpecExecEngine:
     def from_pretrained(cls, target: str | None = "embedded", draft: str | None = None, *,
                         dtype: str = "float32", device: str = "cpu", draft_layers: int | None = None,
                         config: GenerationConfig | None = None, offload: str | None = None,
-                        device_size: int = 2, keep_layers: int = 0,
+                        device_size: int | None = None, keep_layers: int = 0,
                         draft_vocab: int | str | None = None, quantize: str | None = None,
                         draft_quantize: str | None = None) -> "SpecExecEngine":
         """Load target and draft by name (hub id, folder, .gguf, or 'embedded').

@@ -248,12 +248,13 @@ def load_tokenizer(name: str | None):
 
 
 def load_model(name: str | None, dtype: str | torch.dtype | None = "float32", device: str = "cpu",
-               with_tokenizer: bool = True, offload: str | None = None, device_size: int = 2,
+               with_tokenizer: bool = True, offload: str | None = None, device_size: int | None = None,
                keep_layers: int = 0, quantize: str | None = None) -> LoadedModel:
     """Load a causal LM (and its tokenizer) by hub id, local folder, .gguf file or 'embedded'.
 
     ``offload="disk"`` / ``"cpu"`` streams the decoder layers (see :mod:`specexec.offload`) through
-    ``device_size`` buffers, the first ``keep_layers`` staying resident. ``quantize`` ("int8" or
+    ``device_size`` buffers (None: sized by memory, :meth:`OffloadOptions.slots`), the first ``keep_layers``
+    staying resident. ``quantize`` ("int8" or
     "int4") quantizes the weights as they load (:mod:`specexec.quantize`).
     """
     from .quantize import parse_quantize

@@ -320,6 +320,30 @@ def test_settings_are_checked(monkeypatch, folders):
     assert getattr(model, "specexec_offload", None) is None
 
 
+def test_buffers_are_sized_by_memory_unless_given(folders):
+    from types import SimpleNamespace
+
+    from specexec.offload.options import DISK_BUFFER_BYTES, DISK_MAX_BUFFERS, GPU_BUFFERS
+
+    def plans(n, nbytes):
+        return [SimpleNamespace(raw_nbytes=nbytes)] * n
+
+    mib = 1 << 20
+    assert DISK_BUFFER_BYTES == 512 * mib and DISK_MAX_BUFFERS == 16 and GPU_BUFFERS == 2
+    disk_auto = OffloadOptions("disk")
+    assert disk_auto.slots(plans(30, 14 * mib)) == 16  # a small model's layers: 16 buffers
+    assert disk_auto.slots(plans(10, 14 * mib)) == 10  # never more buffers than streamed layers
+    assert disk_auto.slots(plans(40, 100 * mib)) == 5  # 512 MiB of buffers
+    assert disk_auto.slots(plans(40, 800 * mib)) == 2  # a 13B layer: the floor of two
+    assert disk_auto.slots(plans(1, 800 * mib)) == 1
+    assert OffloadOptions("cpu").slots(plans(30, 14 * mib)) == 2  # GPU memory is what the target lacks
+    assert OffloadOptions("disk", 3).slots(plans(30, 800 * mib)) == 3  # given: kept
+    assert OffloadOptions("disk", 9).slots(plans(4, mib)) == 4
+    model = disk(folders["llama"], device_size=None)  # the default sizes the rotation by the rule above
+    assert model.specexec_offload.slots == len(model.specexec_offload.plans) == LAYERS
+    assert disk(folders["llama"], device_size=2).specexec_offload.slots == 2
+
+
 def test_offload_needs_local_safetensors(tmp_path):
     from specexec.errors import ModelLoadError
 

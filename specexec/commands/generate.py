@@ -33,7 +33,9 @@ def add_offload_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--offload", default=None, choices=("cpu", "disk"),
                    help="stream the target's decoder layers each pass: 'cpu' = from pinned CPU RAM to a CUDA GPU; "
                         "'disk' = from the safetensors files, computed on the CPU (docs/offload.md)")
-    p.add_argument("--device-size", type=int, default=2, help="layer buffers in rotation when offloading (default 2)")
+    p.add_argument("--device-size", type=int, default=None,
+                   help="layer buffers in rotation when offloading (default: 2 for --offload cpu; for --offload "
+                        "disk as many as 512 MiB holds, 2 to 16)")
     p.add_argument("--keep-layers", type=int, default=0,
                    help="when offloading: the first K decoder layers stay resident (default 0)")
 

@@ -73,7 +73,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     _flag(m, "-o", "--offload", nargs="?", const="cpu", default=None, choices=("cpu", "disk"),
           help="stream the target's decoder layers: bare or 'cpu' = from pinned CPU RAM to a CUDA GPU (the "
                "paper's setting); 'disk' = from the safetensors files, computed on the CPU (docs/offload.md)")
-    _flag(m, "--device_size", type=int, default=2, help="layer buffers in rotation when offloading (default 2)")
+    _flag(m, "--device_size", type=int, default=None,
+          help="layer buffers in rotation when offloading (default: 2 for --offload cpu; for --offload disk "
+               "as many as 512 MiB holds, 2 to 16)")
     _flag(m, "--keep_layers", type=int, default=0,
           help="when offloading: the first K decoder layers stay resident (default 0)")
     d = p.add_argument_group("decoding (comma lists sweep: --max_budget='16, 32, 64')")

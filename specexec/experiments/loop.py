@@ -131,8 +131,9 @@ def _load_engine(args, configs, device, dtype):
     only_baseline = all(c.method == "autoregressive" for c in configs)
     target = args.model_1 or "embedded"
     draft = "none" if only_baseline else args.model_0
+    buffers = f"{args.device_size} buffers" if args.device_size else "buffers sized by memory"
     streamed = (f", decoder layers streamed from {'disk' if args.offload == 'disk' else 'CPU RAM'} through "
-                f"{args.device_size} buffers" if args.offload else "")
+                f"{buffers}" if args.offload else "")
     log.info(f"loading target {target} and draft {draft or '(default draft of the target)'} "
              f"on {device} in {dtype}{streamed}")
     t = time.perf_counter()
@@ -140,7 +141,9 @@ def _load_engine(args, configs, device, dtype):
                                             device_size=args.device_size, keep_layers=args.keep_layers,
                                             draft_vocab=args.draft_vocab, quantize=args.quantize,
                                             draft_quantize=args.draft_quantize)
-    log.info(f"models loaded in {time.perf_counter() - t:.1f} s")
+    streamer = getattr(engine.target, "specexec_offload", None)
+    log.info(f"models loaded in {time.perf_counter() - t:.1f} s"
+             + (f" ({streamer.slots} layer buffers)" if streamer is not None else ""))
     return engine
 
 
@@ -182,7 +185,7 @@ def _run(args, configs, dataset, prompts, device, dtype, out) -> int:
         _say(f"chat template: auto ({n_chat} prompt(s) wrapped in the target's chat template"
              f"{'' if has_template else ' (the target has none)'}, {len(inputs) - n_chat} fed as text; "
              "Llama-2 wrappers stripped)")
-    if args.device_size != 2 and not args.offload:
+    if args.device_size is not None and not args.offload:
         log.warning(f"--device_size {args.device_size} given, but it only matters with --offload")
     hardware = _hardware(device)
     models = {"target": describe(engine.target), "draft": describe(engine.draft)}

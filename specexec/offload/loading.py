@@ -35,7 +35,7 @@ def load_offloaded(folder: str | Path, options: OffloadOptions, dtype: torch.dty
     model, layers, plans = build_skeleton(folder, options.keep_layers, dtype, compute, attn_implementation)
     if not plans:  # every layer kept resident
         return model
-    slots = min(options.device_size, len(plans))
+    slots = options.slots(plans)
     dtype = next(model.parameters()).dtype
     if options.mode == "disk":
         from .disk import DiskTransport

@@ -257,7 +257,7 @@ def stream_packed(model, options, store_root: Path, source: str, reader=None):
             if getattr(module, "quant_state", None) is not None:  # bitsandbytes keeps one on the module too
                 module.quant_state = None
     del pieces_by_layer
-    slots = min(options.device_size, len(plans))
+    slots = options.slots(plans)
     if options.mode == "disk":
         from .disk import DiskTransport
 
