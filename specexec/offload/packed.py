@@ -64,10 +64,7 @@ class Packing:
             raise OffloadError(f"decoder layer {index}: parameter {local} is a {type(param).__name__}, which "
                                "offloading cannot stream (supported: float tensors, torchao int8, bitsandbytes 4-bit, "
                                "compressed-tensors modules)")
-        for piece, tensor in pieces.items():
-            if type(tensor) not in (torch.Tensor, torch.nn.Parameter) or tensor.dtype not in DTYPE_NAMES:
-                raise OffloadError(f"decoder layer {index}: parameter {local} holds a {type(tensor).__name__} of "
-                                   f"{tensor.dtype} ({piece or 'data'}), which offloading cannot stream")
+        _check_pieces(f"decoder layer {index}: parameter {local}", pieces)
         self.names.setdefault(index, []).append(local)
         self.kinds[index, local] = (kind, template, list(pieces))
         return pieces
@@ -85,11 +82,7 @@ class Packing:
             prefix = f"{name}." if name else ""
             compressor, packed, names = _ct_compress(index, prefix, module, scheme)
             local = prefix + "weight"
-            for piece, tensor in packed.items():
-                if type(tensor) not in (torch.Tensor, torch.nn.Parameter) or tensor.dtype not in DTYPE_NAMES:
-                    raise OffloadError(f"decoder layer {index}: {local} compressed by compressed-tensors holds a "
-                                       f"{type(tensor).__name__} of {tensor.dtype} ({piece}), which offloading "
-                                       "cannot stream")
+            _check_pieces(f"decoder layer {index}: {local} compressed by compressed-tensors", packed)
             self.names.setdefault(index, []).extend(prefix + n for n in names)
             for n in names:
                 self.kinds[index, prefix + n] = ("ct-part", None, [])
@@ -128,6 +121,15 @@ class Packing:
             else:
                 out[local] = _params4bit(template, pieces)
         return out
+
+
+def _check_pieces(what: str, pieces: dict[str, torch.Tensor]) -> None:
+    """Refuse, naming ``what``, a piece the packed store cannot hold: not a plain tensor, or of a dtype
+    safetensors offloading does not read."""
+    for piece, tensor in pieces.items():
+        if type(tensor) not in (torch.Tensor, torch.nn.Parameter) or tensor.dtype not in DTYPE_NAMES:
+            raise OffloadError(f"{what} holds a {type(tensor).__name__} of {tensor.dtype} ({piece or 'data'}), "
+                               "which offloading cannot stream")
 
 
 def _ct_compress(index: int, prefix: str, module, scheme):
