@@ -7,6 +7,7 @@ specexec.ct_checkpoint (compressed-tensors' own calls, min-max scales)."""
 
 import json
 
+import compressed_tensors  # noqa: F401  (the test extra installs it: missing, these tests fail)
 import pytest
 import torch
 
@@ -20,7 +21,6 @@ from specexec.quantize import describe
 from conftest import tiny_config
 from test_quantize import _pass_bytes, assert_every_method_decodes_like, assert_streams_like_resident, fresh
 
-pytest.importorskip("compressed_tensors", reason="compressed-tensors is part of the test extra")
 
 # scheme -> (tiny family, its extra settings, group size); mistral and qwen2 with sliding windows, qwen2 with
 # biases. Symmetric schemes only: an asymmetric pack-quantized checkpoint (packed zero points) does not load in
