@@ -1,0 +1,115 @@
+"""The paper's offloading tier on a CUDA GPU: a Llama-2-7B-shaped float16 target with random weights,
+its decoder layers in pinned CPU RAM streamed into ``--device-size`` GPU buffers (``offload="cpu"``).
+
+Prints the pinned host-to-device copy bandwidth (one 1 GiB block, median of 5 copies), then for each
+tree size n: the resident pass, the streamed pass, the copy bound (layer bytes / that bandwidth) and the
+share of the bandwidth a streamed pass reaches; and whether the streamed logits equal those of the
+same checkpoint loaded whole on the GPU by transformers (one token, and a 64-token prefix). The model
+is built on the GPU from its config (random initialisation) and saved once into ``--folder``. Needs CUDA.
+
+    python benchmarks/offload_gpu.py --folder /tmp/llama7b-random [--sizes 1,16,64,256,1024] [--layers 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+SHAPE = dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_attention_heads=32,
+             num_key_value_heads=32, max_position_embeddings=4096, rms_norm_eps=1e-5)
+
+
+def h2d_bandwidth(nbytes: int = 1 << 30, repeats: int = 5) -> float:
+    """Bytes per second of one pinned host block copied to the GPU (median)."""
+    host = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+    dev = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+    times = []
+    for _ in range(repeats + 1):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        dev.copy_(host, non_blocking=True)
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return nbytes / statistics.median(times[1:])
+
+
+def pass_seconds(model, n: int, repeats: int = 3, prefix: int = 64) -> float:
+    """Median seconds of one tree pass of n tokens after a prefix, synchronised with the GPU."""
+    from specexec.runner import ModelRunner
+    from specexec.tree import ancestor_matrix
+
+    gen = torch.Generator().manual_seed(n)
+    runner = ModelRunner(model, capacity=prefix + n + 8)
+    runner.forward_chain(torch.randint(0, 1000, (prefix,), generator=gen), 0)
+    runner.commit(torch.arange(prefix))
+    parents = [-1] + [int(torch.randint(0, i, (), generator=gen)) for i in range(1, n)]
+    anc, depth = ancestor_matrix(parents)
+    visible = torch.cat([torch.ones(n, prefix, dtype=torch.bool), anc], 1)
+    tokens = torch.randint(0, 1000, (n,), generator=gen)
+    times = []
+    for r in range(repeats + 1):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        runner.forward(tokens, prefix + depth, visible)
+        torch.cuda.synchronize()
+        if r:
+            times.append(time.perf_counter() - start)
+        runner.rollback()
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--folder", type=Path, required=True, help="where the random model is saved (once)")
+    ap.add_argument("--layers", type=int, default=32)
+    ap.add_argument("--sizes", default="1,16,64,256,1024")
+    ap.add_argument("--device-size", type=int, default=2)
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("offload_gpu.py needs a CUDA GPU")
+    import transformers
+
+    from specexec.models import load_model
+
+    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, transformers "
+          f"{transformers.__version__}", flush=True)
+    bandwidth = h2d_bandwidth()
+    print(f"pinned host-to-device copy: {bandwidth / 1e9:.1f} GB/s", flush=True)
+    config = transformers.LlamaConfig(**SHAPE, num_hidden_layers=args.layers, tie_word_embeddings=False,
+                                      bos_token_id=1, eos_token_id=2)
+    t = time.perf_counter()
+    if not (args.folder / "config.json").exists():
+        torch.manual_seed(0)
+        with torch.device("cuda"):
+            transformers.LlamaForCausalLM(config).to(torch.float16).save_pretrained(args.folder)
+        torch.cuda.empty_cache()
+        print(f"random model built and saved in {time.perf_counter() - t:.0f} s", flush=True)
+    resident = load_model(str(args.folder), dtype="float16", device="cuda", with_tokenizer=False).model
+    t = time.perf_counter()
+    streamed = load_model(str(args.folder), dtype="float16", device="cuda", offload="cpu",
+                          device_size=args.device_size, with_tokenizer=False).model
+    plans = streamed.specexec_offload.plans
+    nbytes = sum(p.raw_nbytes for p in plans.values())
+    print(f"streamed model loaded in {time.perf_counter() - t:.0f} s: {len(plans)} layers, "
+          f"{nbytes / 1e9:.2f} GB a pass, {streamed.specexec_offload.slots} GPU buffers", flush=True)
+    with torch.no_grad():
+        for ids in (torch.tensor([[5]]), torch.randint(0, 32000, (1, 64), generator=torch.Generator().manual_seed(1))):
+            ids = ids.cuda()
+            same = torch.equal(streamed(ids).logits, resident(ids).logits)
+            print(f"logits of a {ids.shape[1]}-token pass equal the resident model's: {same}", flush=True)
+    bound = nbytes / bandwidth
+    print("\n| tree tokens | resident pass (ms) | streamed pass (ms) | copy bound (ms) | share of the copy bandwidth |")
+    print("|---:|---:|---:|---:|---:|")
+    for n in [int(s) for s in args.sizes.split(",")]:
+        with torch.inference_mode():
+            r, s = pass_seconds(resident, n), pass_seconds(streamed, n)
+        print(f"| {n} | {r * 1e3:.1f} | {s * 1e3:.1f} | {bound * 1e3:.1f} | {bound / s:.0%} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
