@@ -43,6 +43,8 @@ class Row:
     same: bool  # every prompt's tokens equal the autoregressive row's
     budgets: list  # the budgets the passes used (auto)
     draft_seconds_per_pass: float = 0.0  # growing the tree, per target pass
+    wait_seconds_per_pass: float = 0.0  # a streamed target: blocked on layer reads, per target pass
+    disk_busy: float = 0.0  # a target streamed from disk: share of the time its reader was reading
 
 
 class GreedyRuns:
@@ -65,12 +67,19 @@ class GreedyRuns:
         so a machine whose speed drifts during the run slows every row alike.
         """
         configs = [(c[0], c[1], c[2] if len(c) > 2 else self.engine) for c in configs]
-        totals = {label: dict(tokens=0, passes=0, seconds=0.0, drafting=0.0, same=True, budgets=[])
-                  for label, _, _ in configs}
+        totals = {label: dict(tokens=0, passes=0, seconds=0.0, drafting=0.0, same=True, budgets=[], waiting=0.0,
+                              reading=0.0, wall=0.0) for label, _, _ in configs}
 
         def one(i, ids, label, settings, engine):
+            streamer = getattr(engine.target, "specexec_offload", None)
+            reader = getattr(streamer.transport, "reader", None) if streamer is not None else None
+            wait0, read0 = (streamer.wait_seconds if streamer else 0.0), (reader.seconds if reader else 0.0)
             res = engine.generate(ids, max_new_tokens=self.max_new_tokens, temperature=0.0, **settings)
             t = totals[label]
+            # the prompt's own pass is in these three (its reads and waits cannot be told apart)
+            t["waiting"] += (streamer.wait_seconds - wait0) if streamer else 0.0
+            t["reading"] += (reader.seconds - read0) if reader else 0.0  # the RAM tier reads only when loading
+            t["wall"] += res.stats.seconds + res.stats.prefill_seconds
             t["tokens"] += res.stats.new_tokens
             t["passes"] += res.stats.target_passes
             t["seconds"] += res.stats.seconds
@@ -96,7 +105,8 @@ class GreedyRuns:
         for label, _, _ in configs:
             t = totals[label]
             row = Row(label, t["tokens"] / t["seconds"], t["tokens"] / t["passes"], t["seconds"] / t["passes"],
-                      t["same"], t["budgets"], t["drafting"] / t["passes"])
+                      t["same"], t["budgets"], t["drafting"] / t["passes"], t["waiting"] / t["passes"],
+                      t["reading"] / t["wall"])
             self.rows.append(row)
             rows.append(row)
             print(f"  {label:<24} {row.tokens_per_second:7.2f} tok/s  {row.tokens_per_pass:5.2f} tok/pass  "

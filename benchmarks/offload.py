@@ -80,8 +80,9 @@ def main() -> None:
     ap.add_argument("--budgets", default="16,64,256,1024")
     ap.add_argument("--sizes", default="1,16,64,256,1024", help="tree sizes of part 1")
     ap.add_argument("--repeats", type=int, default=3, help="timed passes per size in part 1")
-    ap.add_argument("--device-size", default="2",
-                    help="layer buffers; a list (2,8) runs part 2 with each (part 1 uses the first)")
+    ap.add_argument("--device-size", default="",
+                    help="layer buffers (default: the disk tier's own choice, by memory); a list (2,8) runs part 2 "
+                         "with each (part 1 uses the first)")
     ap.add_argument("--max-n-beams", type=int, default=16, help="SpecExec: nodes expanded per draft pass")
     ap.add_argument("--max-beam-len", type=int, default=16, help="SpecExec: depth cap (draft passes per tree)")
     ap.add_argument("--max-branch-width", type=int, default=16, help="SpecExec: children per expanded node")
@@ -90,8 +91,8 @@ def main() -> None:
     ap.add_argument("--no-specinfer", dest="specinfer", action="store_false", help="part 2 without SpecInfer")
     ap.add_argument("--interleave", action="store_true", help="part 2: every configuration on a prompt before the next")
     args = ap.parse_args()
-    sizes = [int(x) for x in str(args.device_size).split(",") if x.strip()]
-    if not sizes or min(sizes) < 1:
+    sizes = [int(x) for x in str(args.device_size).split(",") if x.strip()] or [None]
+    if None not in sizes and min(sizes) < 1:
         ap.error("--device-size: one or more positive integers, e.g. 2 or 2,8")
 
     from specexec import SpecExecEngine
@@ -100,6 +101,7 @@ def main() -> None:
 
     print(f"machine: {machine()}", flush=True)
     streamed = load_model("embedded", dtype="float32", offload="disk", device_size=sizes[0])
+    sizes[0] = streamed.model.specexec_offload.slots  # the default, resolved
     plans = list(streamed.model.specexec_offload.plans.values())
     layer_bytes = sum(p.raw_nbytes for p in plans)
     bw, direct = disk_bandwidth(plans)
@@ -156,11 +158,16 @@ def main() -> None:
     runs.run_all(configs, interleave=args.interleave)
     base = max(r.tokens_per_second for r in runs.rows if r.label in baselines)
     print("\n| method (target streamed from disk) | tokens/s | vs autoregressive | tokens per target pass | "
-          "seconds per iteration | of which drafting | same tokens as autoregressive |")
-    print("|---|---:|---:|---:|---:|---:|---|")
+          "seconds per iteration | of which drafting | of which waiting for reads | the rest (target compute) | "
+          "disk busy | same tokens as autoregressive |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in runs.rows:
+        compute = r.seconds_per_pass - r.draft_seconds_per_pass - r.wait_seconds_per_pass
         print(f"| {r.label} | {r.tokens_per_second:.2f} | {r.tokens_per_second / base:.2f}x | {r.tokens_per_pass:.2f} | "
-              f"{r.seconds_per_pass:.3f} | {r.draft_seconds_per_pass:.3f} | {'yes' if r.same else 'NO'} |")
+              f"{r.seconds_per_pass:.3f} | {r.draft_seconds_per_pass:.3f} | {r.wait_seconds_per_pass:.3f} | "
+              f"{compute:.3f} | {r.disk_busy:.0%} | {'yes' if r.same else 'NO'} |")
+    print("(an iteration = drafting + waiting for reads + the rest: the target's compute, acceptance, cache; the "
+          "waits include the prompt's pass; disk busy: share of the time the reader was reading)")
     if len(sizes) > 1:
         print("(vs autoregressive: against the fastest autoregressive row)")
 

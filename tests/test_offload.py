@@ -180,6 +180,37 @@ def test_ram_tier_rotation_matches_the_disk_tier(folders):
     assert list(a.specexec_offload.transport.reads) == list(b.specexec_offload.transport.reads)
 
 
+def test_time_waiting_for_reads_is_counted(folders):
+    """The compute thread's time blocked on reads (the benchmark's 'waiting for reads'): with one buffer and a
+    slow disk every layer waits for its read; with every layer read ahead of the pass none does."""
+    delay = 0.03
+    for device_size, slow in ((1, True), (LAYERS, False)):
+        model = disk(folders["llama"], device_size=device_size)
+        streamer = model.specexec_offload
+        reader = streamer.transport.reader
+        real = reader.pread
+
+        def sleepy(fd, buf, offset, real=real):
+            time.sleep(delay)
+            return real(fd, buf, offset)
+
+        reader.pread = sleepy
+        with torch.no_grad():
+            model(torch.tensor([[1, 2]]))  # the first pass restarts the rotation: the next is in steady state
+        wait_reads(streamer.transport, LAYERS + device_size)
+        time.sleep(0.2 if not slow else 0.0)  # all buffers read ahead before the pass
+        before, read_before = streamer.wait_seconds, reader.seconds
+        with torch.no_grad():
+            model(torch.tensor([[3]]))
+        waited = streamer.wait_seconds - before
+        if slow:  # layer 0 was prefetched; each of the others waits for its own read
+            assert waited >= 0.8 * delay * (LAYERS - 1), waited
+            assert reader.seconds - read_before >= 0.8 * delay * (LAYERS - 1)
+        else:
+            assert waited < delay, waited
+        reader.pread = real
+
+
 def test_a_pass_cut_short_restarts_the_rotation(folders, residents):
     ref, model = residents["llama"], disk(folders["llama"], device_size=2)
     layer = model.specexec_offload.layers[2]

@@ -10,6 +10,7 @@ tensors (quantized weights): it names the layer's parameters and assembles them 
 
 from __future__ import annotations
 
+import time
 from collections import deque
 
 import torch
@@ -30,6 +31,7 @@ class LayerStreamer:
         self._handles = []
         self._active: tuple[int, int] | None = None  # (layer, position) now holding a buffer
         self.computed: deque[int] = deque(maxlen=1 << 14)  # layers run, latest last
+        self.wait_seconds = 0.0  # the compute thread's time blocked on loads not yet done (CUDA: none, events wait)
         for p in plans:
             layer = layers[p.index]
             targets, meta = [], {}
@@ -63,11 +65,14 @@ class LayerStreamer:
                 self.transport.cancel()
                 self._issue(self.schedule.restart(index))
                 k = self.schedule.next_compute
+            start = time.perf_counter()
             try:
                 params = self.transport.wait(k, index, self.schedule.slot_at(k))
             except BaseException:
                 self.schedule.next_compute = None  # the next pass restarts the rotation
                 raise
+            finally:
+                self.wait_seconds += time.perf_counter() - start
             if self.packing is not None:
                 params = self.packing.assemble(index, params)
             self._swap(index, params)
