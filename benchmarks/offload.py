@@ -12,10 +12,13 @@ disk, the shipped draft resident: autoregressive, SpecExec at --budgets, SpecInf
 tokens per target pass side by side (warm-up excluded, one process, same prompts). Every row's
 tokens are checked against the autoregressive row's. With several ``--device-size`` values every
 method runs with each (the target loaded once per value): more buffers let the reader go on
-reading the next pass's layers while the draft grows the tree.
+reading the next pass's layers while the draft grows the tree; with several ``--draft-dtype`` values
+every drafting method runs with the draft in each. Each iteration's time is split into drafting,
+waiting for layer reads and the rest (the target's compute, acceptance, cache).
 
     python benchmarks/offload.py [--prompts 3] [--max-new-tokens 128] [--budgets 16,64,256,1024]
-                                 [--device-size 2[,8]] [--interleave] [--no-specinfer]
+                                 [--device-size 2[,8]] [--draft-dtype float32,bfloat16] [--interleave]
+                                 [--no-specinfer]
 """
 
 from __future__ import annotations
@@ -83,6 +86,9 @@ def main() -> None:
     ap.add_argument("--device-size", default="",
                     help="layer buffers (default: the disk tier's own choice, by memory); a list (2,8) runs part 2 "
                          "with each (part 1 uses the first)")
+    ap.add_argument("--draft-dtype", default="auto",
+                    help="the draft's dtype (auto: the engine's default choice); a list (float32,bfloat16) runs every "
+                         "drafting method with each")
     ap.add_argument("--max-n-beams", type=int, default=16, help="SpecExec: nodes expanded per draft pass")
     ap.add_argument("--max-beam-len", type=int, default=16, help="SpecExec: depth cap (draft passes per tree)")
     ap.add_argument("--max-branch-width", type=int, default=16, help="SpecExec: children per expanded node")
@@ -132,29 +138,38 @@ def main() -> None:
 
     if args.skip_generation:
         return
-    draft, _ = default_draft(None, streamed)
-    engines = {sizes[0]: SpecExecEngine(streamed.model, streamed.tokenizer, draft, draft_tokenizer=streamed.tokenizer)}
-    for size in sizes[1:]:  # the same target streamed through more buffers, the same resident draft
-        other = load_model("embedded", dtype="float32", offload="disk", device_size=size, with_tokenizer=False)
-        engines[size] = SpecExecEngine(other.model, streamed.tokenizer, draft, draft_tokenizer=streamed.tokenizer)
-    prompts = oasst_prompts(engines[sizes[0]], args.prompts)
+    draft_dtypes = [x.strip() for x in args.draft_dtype.split(",") if x.strip()]
+    drafts = {d: default_draft(None, streamed, draft_dtype=d)[0] for d in draft_dtypes}
+    targets = {sizes[0]: streamed.model}
+    for size in sizes[1:]:  # the same target streamed through more buffers, the same resident drafts
+        targets[size] = load_model("embedded", dtype="float32", offload="disk", device_size=size,
+                                   with_tokenizer=False).model
+    engines = {(size, d): SpecExecEngine(targets[size], streamed.tokenizer, drafts[d],
+                                         draft_tokenizer=streamed.tokenizer) for size in sizes for d in draft_dtypes}
+    first = engines[sizes[0], draft_dtypes[0]]
+    prompts = oasst_prompts(first, args.prompts)
+    named = {d: str(next(m.parameters()).dtype).removeprefix("torch.") for d, m in drafts.items()}
     print(f"end to end: {len(prompts)} oasst prompts, {args.max_new_tokens} new tokens, greedy, buffers "
-          f"{', '.join(map(str, sizes))}", flush=True)
+          f"{', '.join(map(str, sizes))}; draft in {', '.join(f'{named[d]} ({d})' for d in draft_dtypes)}", flush=True)
 
-    def label(text: str, size: int) -> str:
-        return f"{text}, {size} buffers" if len(sizes) > 1 else text
+    def label(text: str, size: int, d: str | None = None) -> str:
+        extra = [f"{size} buffers"] if len(sizes) > 1 else []
+        extra += [f"draft {named[d]}"] if d and len(draft_dtypes) > 1 else []
+        return ", ".join([text, *extra])
 
     tree = dict(max_n_beams=args.max_n_beams, max_branch_width=args.max_branch_width, max_beam_len=args.max_beam_len)
     baselines = [label("autoregressive", size) for size in sizes]
-    configs = [(name, dict(method="autoregressive"), engines[size]) for name, size in zip(baselines, sizes)]
+    configs = [(name, dict(method="autoregressive"), engines[size, draft_dtypes[0]])
+               for name, size in zip(baselines, sizes)]
     for size in sizes:
-        for b in [int(x) for x in args.budgets.split(",") if x.strip()]:
-            configs.append((label(f"SpecExec budget {b}", size), dict(method="specexec", max_budget=b, **tree),
-                            engines[size]))
-        if args.specinfer:
-            configs.append((label("SpecInfer 8 x 8", size), dict(method="specinfer", max_n_beams=8, max_beam_len=8),
-                            engines[size]))
-    runs = GreedyRuns(engines[sizes[0]], prompts, args.max_new_tokens)
+        for d in draft_dtypes:
+            for b in [int(x) for x in args.budgets.split(",") if x.strip()]:
+                configs.append((label(f"SpecExec budget {b}", size, d), dict(method="specexec", max_budget=b, **tree),
+                                engines[size, d]))
+            if args.specinfer:
+                configs.append((label("SpecInfer 8 x 8", size, d), dict(method="specinfer", max_n_beams=8,
+                                                                         max_beam_len=8), engines[size, d]))
+    runs = GreedyRuns(first, prompts, args.max_new_tokens)
     runs.run_all(configs, interleave=args.interleave)
     base = max(r.tokens_per_second for r in runs.rows if r.label in baselines)
     print("\n| method (target streamed from disk) | tokens/s | vs autoregressive | tokens per target pass | "

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from .draft_vocab import FULL, apply_draft_vocab, parse_draft_vocab
 from .errors import ConfigError, ModelLoadError
 from .models import (DEFAULT_DRAFT_LAYERS, EMBEDDED, LoadedModel, eos_token_ids, load_model, offload_folder,
@@ -12,7 +14,8 @@ from .models import (DEFAULT_DRAFT_LAYERS, EMBEDDED, LoadedModel, eos_token_ids,
 
 
 def default_draft(name: str | None, target: LoadedModel, *, dtype="float32", device="cpu",
-                  draft_layers: int | None = None, draft_vocab=None, quantize: str | None = None):
+                  draft_layers: int | None = None, draft_vocab=None, quantize: str | None = None,
+                  draft_dtype: str | torch.dtype | None = "auto"):
     """The draft for ``target``: (model, tokenizer), or (None, None) for 'none'.
 
     ``name`` may be a model name as for :func:`load_model`, ``self`` (the target drafts for
@@ -21,14 +24,19 @@ def default_draft(name: str | None, target: LoadedModel, *, dtype="float32", dev
     the target's first ``draft_layers`` (default 4) layers. ``draft_vocab``: None keeps the
     head the draft's folder chooses (:mod:`specexec.draft_vocab`), ``"full"`` the full head,
     K the K most frequent tokens of its ranking. ``quantize`` ('int8' or 'int4') quantizes the
-    draft's weights (:mod:`specexec.quantize`).
+    draft's weights (:mod:`specexec.quantize`). ``draft_dtype``: the dtype the draft computes in
+    (:func:`resolve_draft_dtype`; 'auto' by default).
     """
     draft_vocab = parse_draft_vocab(draft_vocab)
     kind, layers_asked = parse_draft(name)
     if kind == "none":
         return None, None
     check_draft_quantize(name, quantize)
-    model, tokenizer = _choose(name, kind, layers_asked, target, dtype, device, draft_layers, draft_vocab, quantize)
+    own = resolve_draft_dtype(draft_dtype, target.model, kind, quantize)
+    model, tokenizer = _choose(name, kind, layers_asked, target, own or dtype, device, draft_layers, draft_vocab,
+                               quantize)
+    if own is not None and kind != "model":  # built from the target's weights, in the target's dtype
+        model = model.to(own)
     if quantize is not None and kind != "model":  # built in this process: quantized in place
         from .quantize import QuantizationError, quantize_model
 
@@ -38,6 +46,44 @@ def default_draft(name: str | None, target: LoadedModel, *, dtype="float32", dev
             raise ConfigError(f"--draft-quantize {quantize}: the draft copies the target's layers and {err}; "
                               "drop --draft-quantize or name a --draft model") from None
     return model, tokenizer
+
+
+def resolve_draft_dtype(asked: str | torch.dtype | None, target, kind: str = "default",
+                        quantize: str | None = None) -> torch.dtype | None:
+    """The dtype the draft computes in, or None for the target's (named drafts: the dtype asked for both).
+
+    The draft only proposes tokens, so its dtype changes speed and tokens per pass, never the output.
+    'auto': bfloat16 for a float32 target on a CPU with native bfloat16 dot products (AVX512-BF16 or
+    AMX), where small bfloat16 matmuls cost a fraction of float32 ones; otherwise the target's dtype.
+    """
+    from .quantize import describe
+
+    param = next(target.parameters())
+    if asked is None or asked == "auto":
+        if kind == "self" or quantize is not None or param.dtype != torch.float32 or param.device.type != "cpu" \
+                or describe(target) is not None or not native_bfloat16():
+            return None
+        return torch.bfloat16
+    from .models import parse_dtype
+
+    try:
+        dtype = parse_dtype(asked)
+    except ModelLoadError as err:
+        raise ConfigError(f"--draft-dtype: {err} or auto") from None
+    if kind == "self":
+        if dtype != param.dtype:
+            raise ConfigError("--draft-dtype does not apply to --draft self (the draft is the target: use --dtype)")
+        return None
+    if kind != "model" and (quantize is not None or describe(target) is not None):
+        raise ConfigError("--draft-dtype applies to float drafts: drop it, or name a --draft model (this draft is "
+                          "quantized, or copies a quantized target's layers)")
+    return dtype
+
+
+def native_bfloat16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (torch's own probe of AVX512-BF16 / AMX)."""
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(bool(probe()) for probe in probes if probe is not None)
 
 
 def check_draft_quantize(name: str | None, quantize: str | None) -> None:

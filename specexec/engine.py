@@ -146,7 +146,7 @@ class SpecExecEngine:
                         config: GenerationConfig | None = None, offload: str | None = None,
                         device_size: int | None = None, keep_layers: int = 0,
                         draft_vocab: int | str | None = None, quantize: str | None = None,
-                        draft_quantize: str | None = None) -> "SpecExecEngine":
+                        draft_quantize: str | None = None, draft_dtype: str | None = "auto") -> "SpecExecEngine":
         """Load target and draft by name (hub id, folder, .gguf, or 'embedded').
 
         With no draft named, the draft is the default one for the embedded target, or a
@@ -156,6 +156,8 @@ class SpecExecEngine:
         ``draft_vocab`` ('full' or a number K) overrides the size of a distilled draft's reduced
         output head (:mod:`specexec.draft_vocab`). ``quantize`` / ``draft_quantize`` ('int8' or
         'int4') quantize the target's / the draft's weights as they load (:mod:`specexec.quantize`).
+        ``draft_dtype``: the dtype the draft computes in ('auto': bfloat16 for a float32 target on a CPU
+        with native bfloat16, else the target's; :func:`specexec.drafts.resolve_draft_dtype`).
         """
         from .drafts import check_draft_quantize, default_draft
         from .quantize import parse_quantize
@@ -166,7 +168,8 @@ class SpecExecEngine:
                             keep_layers=keep_layers, quantize=quantize)
         device = str(next(loaded.model.parameters()).device)
         draft_model, draft_tok = default_draft(draft, loaded, dtype=dtype, device=device, draft_layers=draft_layers,
-                                               draft_vocab=draft_vocab, quantize=draft_quantize)
+                                               draft_vocab=draft_vocab, quantize=draft_quantize,
+                                               draft_dtype=draft_dtype)
         return cls(loaded.model, loaded.tokenizer, draft_model, draft_tokenizer=draft_tok, config=config)
 
     # ------------------------------------------------------------------ inputs

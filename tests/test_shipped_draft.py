@@ -27,10 +27,16 @@ def shipped(embedded):
     return default_draft(None, LoadedModel(model, tokenizer, "embedded"))[0]
 
 
+def test_the_default_draft_computes_in_bfloat16_where_the_cpu_has_it(shipped):
+    from specexec.drafts import native_bfloat16
+
+    assert next(shipped.parameters()).dtype == (torch.bfloat16 if native_bfloat16() else torch.float32)
+
+
 def test_default_draft_of_the_embedded_target_is_the_shipped_one(embedded, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     model, tokenizer = embedded
-    draft, draft_tok = default_draft(None, LoadedModel(model, tokenizer, "embedded"))
+    draft, draft_tok = default_draft(None, LoadedModel(model, tokenizer, "embedded"), draft_dtype="float32")
     assert draft_tok is tokenizer
     assert draft.config.num_hidden_layers < model.config.num_hidden_layers
     assert draft.get_input_embeddings().weight.data_ptr() != model.get_input_embeddings().weight.data_ptr()

@@ -153,7 +153,7 @@ def run(args) -> int:
     draft = "none" if cfg.method == "autoregressive" and args.draft is None else args.draft
     print(f"specexec chat: loading {args.target!r}...", file=sys.stderr, flush=True)
     engine = SpecExecEngine.from_pretrained(args.target, draft, dtype=args.dtype, device=args.device, config=cfg,
-                                            draft_vocab=args.draft_vocab,
+                                            draft_vocab=args.draft_vocab, draft_dtype=args.draft_dtype,
                                             quantize=args.quantize, draft_quantize=args.draft_quantize)
     if engine.tokenizer is None or not getattr(engine.tokenizer, "chat_template", None):
         raise ConfigError(f"{args.target!r} has no chat template; use `specexec generate` for plain text")

@@ -21,6 +21,9 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                    help="a distilled draft's output head: its K most frequent tokens, or 'full'; default: the "
                         "K stored with the draft (the shipped draft's: docs/draft.md)")
     p.add_argument("--dtype", default="float32", help="float32 (default), bfloat16, float16, float64")
+    p.add_argument("--draft-dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16", "float64"),
+                   help="the dtype the draft computes in (it only proposes: the output does not change); 'auto' "
+                        "(default): bfloat16 for a float32 target on a CPU with native bfloat16, else --dtype")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
     p.add_argument("--quantize", default=None, choices=("int8", "int4"),
                    help="quantize the target's weights as they load: int8 (torchao) or int4 (bitsandbytes NF4); "
@@ -111,6 +114,7 @@ def run(args) -> int:
     engine = SpecExecEngine.from_pretrained(args.target, draft, dtype=args.dtype, device=args.device, config=cfg,
                                             offload=args.offload, device_size=args.device_size,
                                             keep_layers=args.keep_layers, draft_vocab=args.draft_vocab,
+                                            draft_dtype=args.draft_dtype,
                                             quantize=args.quantize, draft_quantize=args.draft_quantize)
     stream = engine.stream(prompt, chat=args.chat)
     pieces: list[str] = []

@@ -71,6 +71,7 @@ def run(args) -> int:
     engine = SpecExecEngine.from_pretrained(args.target, args.draft, dtype=args.dtype, device=args.device,
                                             offload=args.offload, device_size=args.device_size,
                                             keep_layers=args.keep_layers, draft_vocab=args.draft_vocab,
+                                            draft_dtype=args.draft_dtype,
                                             quantize=args.quantize, draft_quantize=args.draft_quantize)
     print("measuring forward passes (a few seconds)..." if args.refresh else "reading or measuring the cost profile...",
           file=sys.stderr)

@@ -64,7 +64,7 @@ def run(args) -> int:
 
     def load():
         engine = SpecExecEngine.from_pretrained(args.target, draft, dtype=args.dtype, device=args.device, config=cfg,
-                                                draft_vocab=args.draft_vocab,
+                                                draft_vocab=args.draft_vocab, draft_dtype=args.draft_dtype,
                                                 quantize=args.quantize, draft_quantize=args.draft_quantize)
         if cfg.auto_budget and cfg.method == "specexec" and engine.draft is not None:
             engine.cost_profile()  # measured (or read) before the first request, not during it

@@ -39,7 +39,7 @@ def run(args) -> int:
     if not prompt.strip():
         raise PromptError("the prompt is empty")
     engine = SpecExecEngine.from_pretrained(args.target, args.draft, dtype=args.dtype, device=args.device, config=cfg,
-                                            draft_vocab=args.draft_vocab,
+                                            draft_vocab=args.draft_vocab, draft_dtype=args.draft_dtype,
                                             quantize=args.quantize, draft_quantize=args.draft_quantize)
     snap = TreeSnapshot(at=args.iteration)
     engine.tree_watchers.append(snap)

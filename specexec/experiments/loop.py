@@ -140,7 +140,7 @@ def _load_engine(args, configs, device, dtype):
     engine = SpecExecEngine.from_pretrained(target, draft, dtype=dtype, device=device, offload=args.offload,
                                             device_size=args.device_size, keep_layers=args.keep_layers,
                                             draft_vocab=args.draft_vocab, quantize=args.quantize,
-                                            draft_quantize=args.draft_quantize)
+                                            draft_quantize=args.draft_quantize, draft_dtype=args.draft_dtype)
     streamer = getattr(engine.target, "specexec_offload", None)
     log.info(f"models loaded in {time.perf_counter() - t:.1f} s"
              + (f" ({streamer.slots} layer buffers)" if streamer is not None else ""))
