@@ -30,6 +30,7 @@ def main() -> None:
     ap.add_argument("--budgets", default="8,16,32,64,128,256,512,1024")
     ap.add_argument("--max-beam-len", type=int, default=16, help="depth cap of the fixed budgets, and auto's largest")
     ap.add_argument("--refresh-profile", action="store_true", help="measure the cost profile again")
+    ap.add_argument("--draft-dtype", default="auto", help="the draft's dtype (default: the engine's choice)")
     ap.add_argument("--interleave", action="store_true", help="every configuration on a prompt before the next")
     args = ap.parse_args()
 
@@ -38,7 +39,8 @@ def main() -> None:
 
     print(f"machine: {machine()}", flush=True)
     offload = "disk" if args.regime == "disk" else None
-    engine = SpecExecEngine.from_pretrained("embedded", offload=offload)
+    engine = SpecExecEngine.from_pretrained("embedded", offload=offload, draft_dtype=args.draft_dtype)
+    print(f"draft in {next(engine.draft.parameters()).dtype}", flush=True)
     profile = engine.cost_profile(refresh=args.refresh_profile)
     print(f"cost profile ({args.regime}):\n{format_profile(profile)}", flush=True)
     prompts = oasst_prompts(engine, args.prompts)
