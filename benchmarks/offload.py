@@ -140,6 +140,9 @@ def main() -> None:
         return
     draft_dtypes = [x.strip() for x in args.draft_dtype.split(",") if x.strip()]
     drafts = {d: default_draft(None, streamed, draft_dtype=d)[0] for d in draft_dtypes}
+    resolved = [next(m.parameters()).dtype for m in drafts.values()]
+    if len(set(resolved)) < len(draft_dtypes):
+        ap.error(f"--draft-dtype {args.draft_dtype}: two of these give the same draft dtype here ({resolved})")
     targets = {sizes[0]: streamed.model}
     for size in sizes[1:]:  # the same target streamed through more buffers, the same resident drafts
         targets[size] = load_model("embedded", dtype="float32", offload="disk", device_size=size,

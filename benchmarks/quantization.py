@@ -83,7 +83,8 @@ def main() -> None:
                 t1, _ = pass_seconds(model, 1, args.repeats)
                 t64, _ = pass_seconds(model, 64, args.repeats)
             # the shipped draft for every row (the compressed-tensors folder is the embedded target quantized)
-            draft, _ = default_draft(None, dataclasses.replace(loaded, name=EMBEDDED), dtype=dtype, quantize=quantize)
+            draft, _ = default_draft(None, dataclasses.replace(loaded, name=EMBEDDED), dtype=dtype, quantize=quantize,
+                                     draft_dtype=dtype)  # in the target's dtype, for every row alike
             engine = SpecExecEngine(model, loaded.tokenizer, draft, draft_tokenizer=loaded.tokenizer)
             print(f"{name}, {regime}: {layer_bytes(model) / 1e6:.1f} MB of layers per pass, pass n=1 "
                   f"{t1 * 1e3:.0f} ms, n=64 {t64 * 1e3:.0f} ms", flush=True)

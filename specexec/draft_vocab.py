@@ -56,6 +56,9 @@ class SubsetHead(torch.nn.Module):
         self.vocab_size = int(vocab_size)
         self._source = None if source is None else source.detach()
         self._source_bias = None if source_bias is None else source_bias.detach()
+        # the rows of the sequence's tokens: buffers, so that .to() moves and converts them with the head
+        for name in ("_extra_ids", "_extra_weight", "_extra_bias"):
+            self.register_buffer(name, None, persistent=False)
         self.reset_context()
 
     def reset_context(self) -> None:
@@ -79,12 +82,11 @@ class SubsetHead(torch.nn.Module):
         self._member[new] = True
         device, dtype = self.weight.device, self.weight.dtype
         rows = self._source[new.to(self._source.device)].to(device=device, dtype=dtype)
-        # (the module may have moved or changed dtype since the rows before were taken)
-        self._extra_weight = torch.cat([self._extra_weight.to(device=device, dtype=dtype), rows])
-        self._extra_ids = torch.cat([self._extra_ids.to(device), new.to(device)])
+        self._extra_weight = torch.cat([self._extra_weight, rows])
+        self._extra_ids = torch.cat([self._extra_ids, new.to(device)])
         if self._extra_bias is not None:
             extra = self._source_bias[new.to(self._source_bias.device)].to(device=device, dtype=dtype)
-            self._extra_bias = torch.cat([self._extra_bias.to(device=device, dtype=dtype), extra])
+            self._extra_bias = torch.cat([self._extra_bias, extra])
 
     @property
     def context_tokens(self) -> list[int]:
@@ -96,10 +98,6 @@ class SubsetHead(torch.nn.Module):
         out = small.new_full((*small.shape[:-1], self.vocab_size), -math.inf)
         out.index_copy_(-1, self.token_ids, small)
         if self._extra_ids.numel():
-            if self._extra_weight.dtype != self.weight.dtype or self._extra_weight.device != self.weight.device:
-                self._extra_weight = self._extra_weight.to(self.weight)  # moved by .to() after the rows were taken
-                if self._extra_bias is not None:
-                    self._extra_bias = self._extra_bias.to(self.weight)
             extra = torch.nn.functional.linear(hidden, self._extra_weight, self._extra_bias)
             out.index_copy_(-1, self._extra_ids, extra.to(out.dtype))
         return out

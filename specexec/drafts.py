@@ -10,7 +10,7 @@ import torch
 from .draft_vocab import FULL, apply_draft_vocab, parse_draft_vocab
 from .errors import ConfigError, ModelLoadError
 from .models import (DEFAULT_DRAFT_LAYERS, EMBEDDED, LoadedModel, eos_token_ids, load_model, offload_folder,
-                     parse_draft, truncated_copy)
+                     parse_draft, parse_dtype, truncated_copy)
 
 
 def default_draft(name: str | None, target: LoadedModel, *, dtype="float32", device="cpu",
@@ -48,35 +48,59 @@ def default_draft(name: str | None, target: LoadedModel, *, dtype="float32", dev
     return model, tokenizer
 
 
+DRAFT_DTYPES = ("auto", "float32", "bfloat16", "float16", "float64")
+
+
+def parse_draft_dtype(asked: str | torch.dtype | None) -> torch.dtype | None:
+    """A ``draft_dtype`` setting as a dtype; None for 'auto'. Raises ConfigError for anything else."""
+    if asked is None or isinstance(asked, torch.dtype):
+        return asked
+    if asked not in DRAFT_DTYPES:
+        raise ConfigError(f"--draft-dtype: unknown dtype {asked!r}; choose one of {', '.join(DRAFT_DTYPES)}")
+    return parse_dtype(asked)  # None for 'auto'
+
+
+def check_draft_dtype(name: str | None, asked, quantize: str | None, target_dtype=None) -> None:
+    """What can be refused before any model loads (``target_dtype``: the dtype asked for the target, if known)."""
+    dtype = parse_draft_dtype(asked)
+    if dtype is None or dtype == target_dtype:
+        return
+    kind = parse_draft(name)[0]
+    if kind == "self" and target_dtype is not None:
+        raise ConfigError("--draft-dtype does not apply to --draft self (the draft is the target: use --dtype)")
+    if kind not in ("self", "model") and quantize is not None:
+        raise ConfigError("--draft-dtype with --draft-quantize on a copy of the target: the quantized copy computes "
+                          "as its quantization decides; drop one of them")
+
+
 def resolve_draft_dtype(asked: str | torch.dtype | None, target, kind: str = "default",
                         quantize: str | None = None) -> torch.dtype | None:
     """The dtype the draft computes in, or None for the target's (named drafts: the dtype asked for both).
 
-    The draft only proposes tokens, so its dtype changes speed and tokens per pass, never the output.
-    'auto': bfloat16 for a float32 target on a CPU with native bfloat16 dot products (AVX512-BF16 or
-    AMX), where small bfloat16 matmuls cost a fraction of float32 ones; otherwise the target's dtype.
+    The draft only proposes tokens: its dtype changes speed and tokens per pass, not the greedy
+    output nor the output's distribution (a seeded sampled run's text can change: the random
+    draws follow the trees). 'auto': bfloat16 for a float32 target on a CPU with native bfloat16
+    dot products (AVX512-BF16 or AMX), where bfloat16 matmuls cost a fraction of float32 ones;
+    otherwise the target's dtype.
     """
     from .quantize import describe
 
-    param = next(target.parameters())
-    if asked is None or asked == "auto":
-        if kind == "self" or quantize is not None or param.dtype != torch.float32 or param.device.type != "cpu" \
+    weight = target.get_input_embeddings().weight  # resident even when the decoder layers stream
+    dtype = parse_draft_dtype(asked)
+    if dtype is None:
+        if kind == "self" or quantize is not None or weight.dtype != torch.float32 or weight.device.type != "cpu" \
                 or describe(target) is not None or not native_bfloat16():
             return None
         return torch.bfloat16
-    from .models import parse_dtype
-
-    try:
-        dtype = parse_dtype(asked)
-    except ModelLoadError as err:
-        raise ConfigError(f"--draft-dtype: {err} or auto") from None
     if kind == "self":
-        if dtype != param.dtype:
+        if dtype != weight.dtype:
             raise ConfigError("--draft-dtype does not apply to --draft self (the draft is the target: use --dtype)")
         return None
+    if kind != "model" and dtype == weight.dtype:
+        return None  # the target's: nothing to convert
     if kind != "model" and (quantize is not None or describe(target) is not None):
-        raise ConfigError("--draft-dtype applies to float drafts: drop it, or name a --draft model (this draft is "
-                          "quantized, or copies a quantized target's layers)")
+        raise ConfigError("--draft-dtype with a quantized target or --draft-quantize applies to a named --draft "
+                          "model only (the default draft of a quantized target keeps float32)")
     return dtype
 
 

@@ -159,11 +159,13 @@ class SpecExecEngine:
         ``draft_dtype``: the dtype the draft computes in ('auto': bfloat16 for a float32 target on a CPU
         with native bfloat16, else the target's; :func:`specexec.drafts.resolve_draft_dtype`).
         """
-        from .drafts import check_draft_quantize, default_draft
+        from .drafts import check_draft_dtype, check_draft_quantize, default_draft
+        from .models import parse_dtype
         from .quantize import parse_quantize
 
         draft_quantize = parse_quantize(draft_quantize)
         check_draft_quantize(draft, draft_quantize)  # before anything loads
+        check_draft_dtype(draft, draft_dtype, draft_quantize, parse_dtype(dtype))
         loaded = load_model(target, dtype=dtype, device=device, offload=offload, device_size=device_size,
                             keep_layers=keep_layers, quantize=quantize)
         device = str(next(loaded.model.parameters()).device)

@@ -51,6 +51,10 @@ def test_auto_is_bfloat16_only_for_a_float32_target_on_a_cpu_with_native_bfloat1
     assert resolve_draft_dtype("auto", target, "self") is None  # the draft is the target
     assert resolve_draft_dtype("auto", target, "default", quantize="int8") is None
     assert resolve_draft_dtype("auto", target.to(torch.bfloat16)) is None  # the target's dtype already
+    assert resolve_draft_dtype("auto", tiny_model("llama", dtype=torch.float32).to("meta")) is None  # not a CPU
+    monkeypatch.setattr("specexec.quantize.describe", lambda model: "Int8Tensor (torchao)")
+    assert resolve_draft_dtype("auto", target.to(torch.float32)) is None  # a quantized target
+    monkeypatch.undo()
     monkeypatch.setattr(drafts, "native_bfloat16", lambda: False)
     assert resolve_draft_dtype("auto", target.to(torch.float32)) is None
     # asked for by name, whatever the CPU
@@ -58,15 +62,49 @@ def test_auto_is_bfloat16_only_for_a_float32_target_on_a_cpu_with_native_bfloat1
     assert resolve_draft_dtype(torch.bfloat16, target) == torch.bfloat16
 
 
-def test_draft_dtypes_that_cannot_apply_are_refused():
+def test_draft_dtypes_that_cannot_apply_are_refused(monkeypatch):
     target = tiny_model("llama", dtype=torch.float32)
-    with pytest.raises(ConfigError, match="unknown dtype 'int3'"):
+    with pytest.raises(ConfigError, match="unknown dtype 'int3'; choose one of auto, float32, bfloat16"):
         resolve_draft_dtype("int3", target)
     with pytest.raises(ConfigError, match="does not apply to --draft self"):
         resolve_draft_dtype("bfloat16", target, "self")
     assert resolve_draft_dtype("float32", target, "self") is None  # the target's own dtype: nothing to do
-    with pytest.raises(ConfigError, match="applies to float drafts"):
+    with pytest.raises(ConfigError, match="applies to a named --draft model only"):
         resolve_draft_dtype("bfloat16", target, "truncated", quantize="int8")
+    assert resolve_draft_dtype("float32", target, "truncated", quantize="int8") is None  # nothing to convert
+    monkeypatch.setattr("specexec.quantize.describe", lambda model: "nf4 (bitsandbytes)")
+    with pytest.raises(ConfigError, match="applies to a named --draft model only"):
+        resolve_draft_dtype("bfloat16", target, "default")
+    assert resolve_draft_dtype("bfloat16", target, "model") == torch.bfloat16
+
+
+def test_refusals_come_before_any_model_loads():
+    """The target named here does not exist: a refusal must come first, not the failed load."""
+    with pytest.raises(ConfigError, match="does not apply to --draft self"):
+        SpecExecEngine.from_pretrained("./no-such-model", "self", dtype="float32", draft_dtype="bfloat16")
+    with pytest.raises(ConfigError, match="--draft-quantize on a copy of the target"):
+        SpecExecEngine.from_pretrained("./no-such-model", "truncated:1", draft_quantize="int8", draft_dtype="bfloat16")
+    with pytest.raises(ConfigError, match="unknown dtype 'half'"):
+        SpecExecEngine.from_pretrained("./no-such-model", None, draft_dtype="half")
+
+
+def test_the_reduced_head_keeps_the_sequence_rows_in_its_own_dtype():
+    """Rows taken for the sequence's tokens before a .to() follow it, and rows taken after it are in the new dtype."""
+    from specexec.draft_vocab import SubsetHead
+
+    full = torch.randn(50, 8)
+    head = SubsetHead(full[:10], torch.arange(10), 50, source=full)
+    head.add_context([20, 21])
+    head.to(torch.bfloat16)
+    hidden = torch.randn(3, 8, dtype=torch.bfloat16)
+    out = head(hidden)
+    assert out.dtype == torch.bfloat16
+    head.add_context([30])
+    out = head(hidden)
+    assert torch.isfinite(out[:, [0, 9, 20, 21, 30]]).all() and torch.isinf(out[:, 40]).all()
+    assert torch.equal(out[:, 30], hidden @ full[30].to(torch.bfloat16))
+    assert head.context_tokens == [20, 21, 30]
+    assert "_extra_weight" not in head.state_dict()  # decoding state, not part of a saved draft
 
 
 def test_the_cost_profile_is_kept_apart_per_draft_dtype():
@@ -76,6 +114,7 @@ def test_the_cost_profile_is_kept_apart_per_draft_dtype():
     b = cache.profile_key(target, draft.to(torch.bfloat16))
     assert a["draft_dtype"] == "torch.float32" and b["draft_dtype"] == "torch.bfloat16"
     assert cache.profile_path(Path("/x"), a) != cache.profile_path(Path("/x"), b)
+    assert cache.profile_key(target, None)["draft_dtype"] is None  # profiling with no draft
 
 
 def test_the_shipped_draft_in_bfloat16_is_greedy_exact_and_agrees_as_much(embedded):

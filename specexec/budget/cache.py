@@ -55,7 +55,8 @@ def profile_key(target, draft) -> dict:
     device = param.device
     return {"version": KEY_VERSION, "target": model_identity(target),
             "draft": model_identity(draft) if draft is not target else "self",
-            "dtype": str(param.dtype), "draft_dtype": str(next(draft.parameters()).dtype),
+            "dtype": str(param.dtype),
+            "draft_dtype": str(next(draft.parameters()).dtype) if draft is not None else None,
             "device": str(device), "offload": offload_identity(target),
             "machine": machine_identity(device)}
 

@@ -21,9 +21,12 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                    help="a distilled draft's output head: its K most frequent tokens, or 'full'; default: the "
                         "K stored with the draft (the shipped draft's: docs/draft.md)")
     p.add_argument("--dtype", default="float32", help="float32 (default), bfloat16, float16, float64")
-    p.add_argument("--draft-dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16", "float64"),
-                   help="the dtype the draft computes in (it only proposes: the output does not change); 'auto' "
-                        "(default): bfloat16 for a float32 target on a CPU with native bfloat16, else --dtype")
+    from ..drafts import DRAFT_DTYPES
+
+    p.add_argument("--draft-dtype", default="auto", choices=DRAFT_DTYPES,
+                   help="the dtype the draft computes in (it only proposes: greedy output and the output's "
+                        "distribution do not change); 'auto' (default): bfloat16 for a float32 target on a CPU with "
+                        "native bfloat16, else --dtype")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
     p.add_argument("--quantize", default=None, choices=("int8", "int4"),
                    help="quantize the target's weights as they load: int8 (torchao) or int4 (bitsandbytes NF4); "

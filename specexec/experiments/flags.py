@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from ..config import AUTO, GenerationConfig, SamplingConfig
 from ..draft_vocab import draft_vocab_value
+from ..drafts import DRAFT_DTYPES
 from ..errors import ConfigError
 
 # the paper's generator class names (and their aliases) -> our methods
@@ -69,7 +70,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     _flag(m, "--quantize", default=None, choices=("int8", "int4"),
           help="quantize the target's weights as they load: int8 (torchao) or int4 (bitsandbytes NF4)")
     _flag(m, "--draft_quantize", default=None, choices=("int8", "int4"), help="quantize the draft's weights")
-    _flag(m, "--draft_dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16", "float64"),
+    _flag(m, "--draft_dtype", default="auto", choices=DRAFT_DTYPES,
           help="the dtype the draft computes in; auto: bfloat16 for a float32 target on a CPU with native "
                "bfloat16, else --dtype")
     _flag(m, "--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")

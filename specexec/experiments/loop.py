@@ -148,7 +148,7 @@ def _load_engine(args, configs, device, dtype):
 
 
 def describe(model) -> str:
-    """'SmolLM2... llama, 30 layers, 134.5M parameters' for the log and the config record."""
+    """'llama, 30 layers, 134.5M parameters, float32' for the log and the config record."""
     if model is None:
         return "none"
     cfg = model.config
@@ -166,7 +166,8 @@ def describe(model) -> str:
     q = quantization(model)
     weights = "" if q is None else f", weights {q}"
     count = "" if q is not None else f", {n / 1e6:.1f}M parameters"  # quantized: the tensors' sizes are packed
-    return f"{cfg.model_type}, {layers} layers{count}{weights}{head}{streamed}"
+    dtype = str(model.get_input_embeddings().weight.dtype).removeprefix("torch.")
+    return f"{cfg.model_type}, {layers} layers{count}{weights}, {dtype}{head}{streamed}"
 
 
 def _run(args, configs, dataset, prompts, device, dtype, out) -> int:
