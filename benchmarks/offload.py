@@ -50,7 +50,8 @@ def disk_bandwidth(plans, repeats: int = 3) -> tuple[float, bool]:
 
 def pass_seconds(model, n: int, repeats: int, prefix: int = 64) -> tuple[float, float]:
     """Median seconds of one tree pass of ``n`` tokens (a random tree) after a ``prefix``-token prompt, and
-    of the reads the disk reader spent in those passes (0 for a resident model)."""
+    of the reads the disk reader spent in those passes (0 for a resident model, or one streamed from RAM).
+    On a GPU each pass is timed between two synchronisations."""
     from specexec.runner import ModelRunner
     from specexec.tree import ancestor_matrix
 
@@ -64,11 +65,16 @@ def pass_seconds(model, n: int, repeats: int, prefix: int = 64) -> tuple[float, 
     tokens = torch.randint(0, 1000, (n,), generator=gen)
     streamer = getattr(model, "specexec_offload", None)
     reader = getattr(streamer.transport, "reader", None) if streamer is not None else None
+    cuda = model.get_input_embeddings().weight.device.type == "cuda"
     times, reads = [], []
     for r in range(repeats + 1):
         read0 = reader.seconds if reader is not None else 0.0
+        if cuda:
+            torch.cuda.synchronize()
         start = time.perf_counter()
         runner.forward(tokens, prefix + depth, visible)
+        if cuda:
+            torch.cuda.synchronize()
         if r:  # the first is a warm-up
             times.append(time.perf_counter() - start)
             reads.append(reader.seconds - read0 if reader is not None else 0.0)

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import torch
+from offload import pass_seconds
 
 SHAPE = dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_attention_heads=32,
              num_key_value_heads=32, max_position_embeddings=4096, rms_norm_eps=1e-5)
@@ -36,31 +37,6 @@ def h2d_bandwidth(nbytes: int = 1 << 30, repeats: int = 5) -> float:
         torch.cuda.synchronize()
         times.append(start.elapsed_time(end) / 1e3)
     return nbytes / statistics.median(times[1:])
-
-
-def pass_seconds(model, n: int, repeats: int = 3, prefix: int = 64) -> float:
-    """Median seconds of one tree pass of n tokens after a prefix, synchronised with the GPU."""
-    from specexec.runner import ModelRunner
-    from specexec.tree import ancestor_matrix
-
-    gen = torch.Generator().manual_seed(n)
-    runner = ModelRunner(model, capacity=prefix + n + 8)
-    runner.forward_chain(torch.randint(0, 1000, (prefix,), generator=gen), 0)
-    runner.commit(torch.arange(prefix))
-    parents = [-1] + [int(torch.randint(0, i, (), generator=gen)) for i in range(1, n)]
-    anc, depth = ancestor_matrix(parents)
-    visible = torch.cat([torch.ones(n, prefix, dtype=torch.bool), anc], 1)
-    tokens = torch.randint(0, 1000, (n,), generator=gen)
-    times = []
-    for r in range(repeats + 1):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        runner.forward(tokens, prefix + depth, visible)
-        torch.cuda.synchronize()
-        if r:
-            times.append(time.perf_counter() - start)
-        runner.rollback()
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -107,7 +83,7 @@ def main() -> None:
     print("|---:|---:|---:|---:|---:|")
     for n in [int(s) for s in args.sizes.split(",")]:
         with torch.inference_mode():
-            r, s = pass_seconds(resident, n), pass_seconds(streamed, n)
+            r, s = pass_seconds(resident, n, 3)[0], pass_seconds(streamed, n, 3)[0]
         print(f"| {n} | {r * 1e3:.1f} | {s * 1e3:.1f} | {bound * 1e3:.1f} | {bound / s:.0%} |", flush=True)
 
 

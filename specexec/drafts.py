@@ -49,6 +49,7 @@ def default_draft(name: str | None, target: LoadedModel, *, dtype="float32", dev
 
 
 DRAFT_DTYPES = ("auto", "float32", "bfloat16", "float16", "float64")
+SELF_REFUSAL = "--draft-dtype does not apply to --draft self (the draft is the target: use --dtype)"
 
 
 def parse_draft_dtype(asked: str | torch.dtype | None) -> torch.dtype | None:
@@ -67,7 +68,7 @@ def check_draft_dtype(name: str | None, asked, quantize: str | None, target_dtyp
         return
     kind = parse_draft(name)[0]
     if kind == "self" and target_dtype is not None:
-        raise ConfigError("--draft-dtype does not apply to --draft self (the draft is the target: use --dtype)")
+        raise ConfigError(SELF_REFUSAL)
     if kind not in ("self", "model") and quantize is not None:
         raise ConfigError("--draft-dtype with --draft-quantize on a copy of the target: the quantized copy computes "
                           "as its quantization decides; drop one of them")
@@ -94,7 +95,7 @@ def resolve_draft_dtype(asked: str | torch.dtype | None, target, kind: str = "de
         return torch.bfloat16
     if kind == "self":
         if dtype != weight.dtype:
-            raise ConfigError("--draft-dtype does not apply to --draft self (the draft is the target: use --dtype)")
+            raise ConfigError(SELF_REFUSAL)
         return None
     if kind != "model" and dtype == weight.dtype:
         return None  # the target's: nothing to convert
