@@ -7,7 +7,14 @@ share of the bandwidth a streamed pass reaches; and whether the streamed logits 
 same checkpoint loaded whole on the GPU by transformers (one token, and a 64-token prefix). The model
 is built on the GPU from its config (random initialisation) and saved once into ``--folder``. Needs CUDA.
 
+Then, end to end (``--prompts`` > 0): greedy decoding of random token prompts with the target streamed,
+autoregressive against SpecExec at ``--budgets``, the draft the target's first ``--draft-layers`` layers
+resident on the GPU (random weights: the draft's agreement says nothing of a trained pair), every row's
+tokens checked against the autoregressive row's, and those against transformers' ``generate`` on the
+resident model.
+
     python benchmarks/offload_gpu.py --folder /tmp/llama7b-random [--sizes 1,16,64,256,1024] [--layers 32]
+                                     [--prompts 3] [--max-new-tokens 32] [--budgets 16,64,256,1024]
 """
 
 from __future__ import annotations
@@ -45,6 +52,10 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=32)
     ap.add_argument("--sizes", default="1,16,64,256,1024")
     ap.add_argument("--device-size", type=int, default=2)
+    ap.add_argument("--prompts", type=int, default=3, help="end to end: random prompts (0: skip)")
+    ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument("--budgets", default="16,64,256,1024")
+    ap.add_argument("--draft-layers", type=int, default=2)
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("offload_gpu.py needs a CUDA GPU")
@@ -85,6 +96,44 @@ def main() -> None:
         with torch.inference_mode():
             r, s = pass_seconds(resident, n, 3)[0], pass_seconds(streamed, n, 3)[0]
         print(f"| {n} | {r * 1e3:.1f} | {s * 1e3:.1f} | {bound * 1e3:.1f} | {bound / s:.0%} |", flush=True)
+    if args.prompts:
+        end_to_end(args, resident, streamed)
+
+
+def end_to_end(args, resident, streamed) -> None:
+    from common import GreedyRuns
+
+    from specexec import SpecExecEngine
+    from specexec.models import truncated_copy
+
+    device = resident.get_input_embeddings().weight.device
+    vocab = resident.config.vocab_size
+    gen = torch.Generator().manual_seed(2)
+    prompts = [torch.randint(3, vocab, (32,), generator=gen).tolist() for _ in range(args.prompts)]
+    with torch.no_grad():
+        wants = []
+        for p in prompts:
+            x = torch.tensor([p], device=device)
+            out = resident.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=args.max_new_tokens,
+                                    do_sample=False, pad_token_id=0)
+            wants.append(out[0, len(p):].tolist())
+    draft = truncated_copy(streamed, args.draft_layers).to(device).eval()
+    engine = SpecExecEngine(streamed, None, draft)
+    print(f"\nend to end: {len(prompts)} random prompts of 32 tokens, {args.max_new_tokens} new tokens, greedy, "
+          f"target streamed (offload='cpu'), draft: its first {args.draft_layers} layers", flush=True)
+    runs = GreedyRuns(engine, prompts, args.max_new_tokens)
+    configs = [("autoregressive", dict(method="autoregressive"))]
+    configs += [(f"SpecExec budget {b}", dict(method="specexec", max_budget=int(b))) for b in args.budgets.split(",")]
+    runs.run_all(configs, interleave=True)
+    same = [runs.reference[i] == want for i, want in enumerate(wants)]
+    print(f"autoregressive (streamed) = transformers' generate on the resident model: {same}", flush=True)
+    base = runs.rows[0].tokens_per_second
+    print("\n| method (target streamed to the GPU) | tokens/s | vs autoregressive | tokens per target pass | "
+          "seconds per iteration | of which drafting | same tokens as autoregressive |")
+    print("|---|---:|---:|---:|---:|---:|---|")
+    for r in runs.rows:
+        print(f"| {r.label} | {r.tokens_per_second:.2f} | {r.tokens_per_second / base:.2f}x | {r.tokens_per_pass:.2f} | "
+              f"{r.seconds_per_pass:.3f} | {r.draft_seconds_per_pass:.3f} | {'yes' if r.same else 'NO'} |")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,99 @@
+"""Greedy exactness on a CUDA GPU: every method, with the target resident on the GPU and streamed from
+pinned CPU RAM (``offload="cpu"``), must reproduce the target's own greedy decoding (transformers
+``generate`` on the resident model) token for token, or part from it only at a numerical tie (top-2
+logit gap under 1e-4). Tiny random float32 models built from their configs (no download): Llama,
+Mistral with a sliding window of 8, Qwen2 with windowed layers; prompts of 1 and 23 tokens, 20 new
+tokens; the draft is the target's first layer. Also checks that the streamed logits equal the
+resident load's (``torch.equal``) for a one-token pass. Exits with status 1 on any failure. Needs CUDA.
+
+    python benchmarks/cuda_exact.py
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+
+import torch
+
+METHODS = [
+    ("specexec", dict(max_budget=1)),
+    ("specexec", dict(max_budget=16, max_n_beams=4, max_branch_width=4, max_beam_len=6)),
+    ("specexec", dict(max_budget=128, max_n_beams=16, max_branch_width=8, max_beam_len=12)),
+    ("specinfer", dict(max_n_beams=4, max_beam_len=5)),
+    ("chain", dict(max_beam_len=6)),
+    ("autoregressive", dict()),
+]
+
+
+def configs():
+    import transformers
+
+    common = dict(vocab_size=64, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+                  intermediate_size=64, max_position_embeddings=512, initializer_range=0.4,
+                  bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    return {"llama": transformers.LlamaConfig(**common),
+            "mistral, sliding window 8": transformers.MistralConfig(**common, sliding_window=8),
+            "qwen2, windowed layers": transformers.Qwen2Config(**common, use_sliding_window=True, sliding_window=8,
+                                                               max_window_layers=1)}
+
+
+def main() -> int:
+    if not torch.cuda.is_available():
+        raise SystemExit("cuda_exact.py needs a CUDA GPU")
+    import transformers
+
+    from specexec import SpecExecEngine
+    from specexec.models import load_model, truncated_copy
+
+    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, transformers "
+          f"{transformers.__version__}", flush=True)
+    failures = 0
+    print("\n| model | target | method | settings | prompts equal | at a tie |")
+    print("|---|---|---|---|---:|---:|")
+    for name, config in configs().items():
+        torch.manual_seed(1)
+        built = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+        folder = tempfile.mkdtemp(prefix="specexec-cuda-exact-")
+        built.save_pretrained(folder)
+        resident = load_model(folder, dtype="float32", device="cuda", with_tokenizer=False).model
+        streamed = load_model(folder, dtype="float32", device="cuda", offload="cpu", with_tokenizer=False).model
+        ids = torch.tensor([[5]], device="cuda")
+        with torch.no_grad():
+            same = torch.equal(streamed(ids).logits, resident(ids).logits)
+        failures += not same
+        print(f"| {name} | streamed logits = resident logits | | | {'yes' if same else 'NO'} | |", flush=True)
+        prompts = [[5], list(range(3, 26))]
+        wants = []
+        for p in prompts:
+            with torch.no_grad():
+                x = torch.tensor([p], device="cuda")
+                out = resident.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=20, do_sample=False,
+                                        min_new_tokens=0, eos_token_id=None, pad_token_id=0)
+            wants.append(out[0, len(p):].tolist())
+        draft = truncated_copy(resident, 1).to("cuda").eval()
+        for label, target in (("resident", resident), ("offload cpu", streamed)):
+            engine = SpecExecEngine(target, None, draft)
+            for method, settings in METHODS:
+                equal = ties = 0
+                for p, want in zip(prompts, wants):
+                    got = engine.generate(p, method=method, max_new_tokens=20, temperature=0.0, **settings).token_ids
+                    if got == want:
+                        equal += 1
+                        continue
+                    i = next((k for k, (a, b) in enumerate(zip(got, want)) if a != b), None)
+                    if i is not None:
+                        with torch.no_grad():
+                            top = resident(torch.tensor([p + want[:i]], device="cuda")).logits[0, -1].double()
+                        gap = float(torch.topk(top, 2).values.diff().abs())
+                        if gap < 1e-4:
+                            ties += 1
+                            continue
+                    failures += 1
+                print(f"| {name} | {label} | {method} | {settings} | {equal}/{len(prompts)} | {ties} |", flush=True)
+    print(f"\n{'all equal (or at ties)' if not failures else f'{failures} FAILURE(S)'}", flush=True)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
