@@ -53,6 +53,7 @@ class GreedyRuns:
     def __init__(self, engine, prompts: list[list[int]], max_new_tokens: int):
         self.engine, self.prompts, self.max_new_tokens = engine, prompts, max_new_tokens
         self.reference: dict[int, list[int]] = {}
+        self.outputs: dict[tuple[str, int], list[int]] = {}  # (label, prompt index) -> tokens
         self.rows: list[Row] = []
 
     def run(self, label: str, **settings) -> Row:
@@ -76,6 +77,7 @@ class GreedyRuns:
             wait0, read0 = (streamer.wait_seconds if streamer else 0.0), (reader.seconds if reader else 0.0)
             res = engine.generate(ids, max_new_tokens=self.max_new_tokens, temperature=0.0, **settings)
             t = totals[label]
+            self.outputs[label, i] = res.token_ids
             # the prompt's own pass is in these three (its reads and waits cannot be told apart)
             t["waiting"] += (streamer.wait_seconds - wait0) if streamer else 0.0
             t["reading"] += (reader.seconds - read0) if reader else 0.0  # the RAM tier reads only when loading

@@ -56,6 +56,7 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--budgets", default="16,64,256,1024")
     ap.add_argument("--draft-layers", type=int, default=2)
+    ap.add_argument("--dtype", default="float16", choices=("float16", "float32"), help="the target's dtype")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("offload_gpu.py needs a CUDA GPU")
@@ -73,12 +74,12 @@ def main() -> None:
     if not (args.folder / "config.json").exists():
         torch.manual_seed(0)
         with torch.device("cuda"):
-            transformers.LlamaForCausalLM(config).to(torch.float16).save_pretrained(args.folder)
+            transformers.LlamaForCausalLM(config).to(getattr(torch, args.dtype)).save_pretrained(args.folder)
         torch.cuda.empty_cache()
         print(f"random model built and saved in {time.perf_counter() - t:.0f} s", flush=True)
-    resident = load_model(str(args.folder), dtype="float16", device="cuda", with_tokenizer=False).model
+    resident = load_model(str(args.folder), dtype=args.dtype, device="cuda", with_tokenizer=False).model
     t = time.perf_counter()
-    streamed = load_model(str(args.folder), dtype="float16", device="cuda", offload="cpu",
+    streamed = load_model(str(args.folder), dtype=args.dtype, device="cuda", offload="cpu",
                           device_size=args.device_size, with_tokenizer=False).model
     plans = streamed.specexec_offload.plans
     nbytes = sum(p.raw_nbytes for p in plans.values())
@@ -127,6 +128,16 @@ def end_to_end(args, resident, streamed) -> None:
     runs.run_all(configs, interleave=True)
     same = [runs.reference[i] == want for i, want in enumerate(wants)]
     print(f"autoregressive (streamed) = transformers' generate on the resident model: {same}", flush=True)
+    for (label, i), got in runs.outputs.items():  # where a row parts from generate: the target's top-2 gap there
+        want = wants[i]
+        k = next((j for j, (a, b) in enumerate(zip(got, want)) if a != b), None)
+        if k is None:
+            continue
+        with torch.no_grad():
+            top = resident(torch.tensor([prompts[i] + want[:k]], device=device)).logits[0, -1].float()
+        values = torch.topk(top, 2).values
+        print(f"{label}, prompt {i}: parts from generate at token {k}; the resident target's two best logits there "
+              f"{values[0]:.4f} and {values[1]:.4f} ({args.dtype})", flush=True)
     base = runs.rows[0].tokens_per_second
     print("\n| method (target streamed to the GPU) | tokens/s | vs autoregressive | tokens per target pass | "
           "seconds per iteration | of which drafting | same tokens as autoregressive |")
