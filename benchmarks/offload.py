@@ -1,4 +1,5 @@
-"""Offloading benchmark: the embedded target with its decoder layers streamed from disk.
+"""Offloading benchmark: the embedded target with its decoder layers streamed from disk, or (``--tier cpu``,
+on a CUDA GPU) from pinned CPU RAM to the GPU.
 
 Part 1, one target pass over a tree of n tokens (on top of a 64-token prefix in the cache), for
 n in --sizes: the target in RAM, the target streamed from disk (``offload="disk"``), and the I/O
@@ -16,9 +17,14 @@ reading the next pass's layers while the draft grows the tree; with several ``--
 every drafting method runs with the draft in each. Each iteration's time is split into drafting,
 waiting for layer reads and the rest (the target's compute, acceptance, cache).
 
+With ``--tier cpu`` (the paper's setting; needs CUDA) the same two parts run on the GPU with
+``offload="cpu"``: part 1 puts the streamed pass next to the target resident on the GPU and the copy
+bound (layer bytes / the pinned host-to-device bandwidth, measured next to each row); part 2 adds a
+row with the target resident on the GPU, and the draft is resident on the GPU.
+
     python benchmarks/offload.py [--prompts 3] [--max-new-tokens 128] [--budgets 16,64,256,1024]
                                  [--device-size 2[,8]] [--draft-dtype float32,bfloat16] [--interleave]
-                                 [--no-specinfer]
+                                 [--no-specinfer] [--tier cpu]
 """
 
 from __future__ import annotations
@@ -46,6 +52,46 @@ def disk_bandwidth(plans, repeats: int = 3) -> tuple[float, bool]:
     direct = reader.uses_direct_io
     reader.close()
     return best, direct
+
+
+def h2d_bandwidth(nbytes: int = 1 << 30, repeats: int = 5) -> float:
+    """Bytes per second of one pinned host block copied to the GPU (median)."""
+    host = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+    dev = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+    times = []
+    for _ in range(repeats + 1):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        dev.copy_(host, non_blocking=True)
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return nbytes / statistics.median(times[1:])
+
+
+class Tier:
+    """Where the layers stream from, and what bounds a streamed pass: the disk's read bandwidth
+    (``disk``: computed on the CPU) or the pinned host-to-GPU copy bandwidth (``cpu``: on a CUDA GPU)."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.gpu = name == "cpu"
+        self.device = "cuda" if self.gpu else "cpu"
+        self.source = "pinned RAM" if self.gpu else "disk"
+        self.resident_place = "on the GPU" if self.gpu else "in RAM"
+
+    def load(self, size: int | None, with_tokenizer: bool = True):
+        from specexec.models import load_model
+
+        return load_model("embedded", dtype="float32", device=self.device, offload=self.name, device_size=size,
+                          with_tokenizer=with_tokenizer)
+
+    def bandwidth(self, plans, repeats: int) -> tuple[float, str]:
+        """Bytes per second of the bound, and how it was measured."""
+        if self.gpu:
+            return h2d_bandwidth(), "pinned host-to-device copy, 1 GiB"
+        bw, direct = disk_bandwidth(plans, repeats)
+        return bw, "disk read, " + ("O_DIRECT" if direct else "buffered + FADV_DONTNEED")
 
 
 def pass_seconds(model, n: int, repeats: int, prefix: int = 64) -> tuple[float, float]:
@@ -102,57 +148,68 @@ def main() -> None:
     ap.add_argument("--skip-generation", action="store_true", help="skip part 2")
     ap.add_argument("--no-specinfer", dest="specinfer", action="store_false", help="part 2 without SpecInfer")
     ap.add_argument("--interleave", action="store_true", help="part 2: every configuration on a prompt before the next")
+    ap.add_argument("--tier", choices=("disk", "cpu"), default="disk",
+                    help="stream the layers from disk (computing on the CPU) or from pinned CPU RAM to a CUDA GPU")
     args = ap.parse_args()
     sizes = [int(x) for x in str(args.device_size).split(",") if x.strip()] or [None]
     if None not in sizes and min(sizes) < 1:
         ap.error("--device-size: one or more positive integers, e.g. 2 or 2,8")
+    if args.tier == "cpu" and not torch.cuda.is_available():
+        ap.error("--tier cpu streams the layers to a CUDA GPU, and this machine has none")
+    tier = Tier(args.tier)
 
     from specexec import SpecExecEngine
     from specexec.drafts import default_draft
     from specexec.models import load_model
 
-    print(f"machine: {machine()}", flush=True)
-    streamed = load_model("embedded", dtype="float32", offload="disk", device_size=sizes[0])
+    print(f"machine: {machine()}" + (f"; GPU: {torch.cuda.get_device_name()}" if tier.gpu else ""), flush=True)
+    streamed = tier.load(sizes[0])
     sizes[0] = streamed.model.specexec_offload.slots  # the default, resolved
     plans = list(streamed.model.specexec_offload.plans.values())
     layer_bytes = sum(p.raw_nbytes for p in plans)
-    bw, direct = disk_bandwidth(plans)
-    io_bound = layer_bytes / bw
-    print(f"streamed layers: {len(plans)}, {layer_bytes / 1e6:.1f} MB read per pass; disk read bandwidth "
-          f"{bw / 1e9:.2f} GB/s ({'O_DIRECT' if direct else 'buffered + FADV_DONTNEED'}): I/O bound "
-          f"{io_bound * 1e3:.0f} ms per pass; {sizes[0]} buffers", flush=True)
+    bw, how = tier.bandwidth(plans, 3)
+    print(f"streamed layers: {len(plans)}, {layer_bytes / 1e6:.1f} MB read per pass; {how}: "
+          f"{bw / 1e9:.2f} GB/s, so the bound is {layer_bytes / bw * 1e3:.1f} ms per pass; {sizes[0]} buffers", flush=True)
 
     if not args.skip_passes:
-        resident = load_model("embedded", dtype="float32", with_tokenizer=False).model
+        resident = load_model("embedded", dtype="float32", device=tier.device, with_tokenizer=False).model
         rows = []
         with torch.inference_mode():
             for n in [int(x) for x in args.sizes.split(",")]:
                 t_ram, _ = pass_seconds(resident, n, args.repeats)
-                bw_n, _ = disk_bandwidth(plans, repeats=2)  # the disk's speed varies: measured next to each row
+                bw_n, _ = tier.bandwidth(plans, 2)  # the disk's speed varies: measured next to each row
                 t_disk, t_read = pass_seconds(streamed.model, n, args.repeats)
                 rows.append((n, t_ram, t_disk, layer_bytes / bw_n, bw_n, t_read))
-                print(f"  n={n}: in RAM {t_ram * 1e3:.0f} ms, streamed {t_disk * 1e3:.0f} ms (its reads "
-                      f"{t_read * 1e3:.0f} ms), disk alone {bw_n / 1e9:.2f} GB/s", flush=True)
+                print(f"  n={n}: {tier.resident_place} {t_ram * 1e3:.1f} ms, streamed {t_disk * 1e3:.1f} ms"
+                      + ("" if tier.gpu else f" (its reads {t_read * 1e3:.0f} ms)")
+                      + f", {tier.source} alone {bw_n / 1e9:.2f} GB/s", flush=True)
         del resident
-        print("\n| tree tokens | in-RAM pass (ms) | streamed from disk (ms) | disk alone (GB/s) | I/O bound (ms) | "
-              "streamed / max(I/O bound, in-RAM) | reads during the pass (ms) | streamed / max(those reads, in-RAM) |")
-        print("|---:|---:|---:|---:|---:|---:|---:|---:|")
-        for n, t_ram, t_disk, bound, bw_n, t_read in rows:
-            print(f"| {n} | {t_ram * 1e3:.0f} | {t_disk * 1e3:.0f} | {bw_n / 1e9:.2f} | {bound * 1e3:.0f} | "
-                  f"{t_disk / max(bound, t_ram):.2f}x | {t_read * 1e3:.0f} | {t_disk / max(t_read, t_ram):.2f}x |")
+        if tier.gpu:
+            print("\n| tree tokens | resident on the GPU (ms) | streamed from pinned RAM (ms) | copy bandwidth (GB/s) | "
+                  "copy bound (ms) | streamed / max(copy bound, resident) | share of the copy bandwidth |")
+            print("|---:|---:|---:|---:|---:|---:|---:|")
+            for n, t_ram, t_disk, bound, bw_n, _ in rows:
+                print(f"| {n} | {t_ram * 1e3:.1f} | {t_disk * 1e3:.1f} | {bw_n / 1e9:.1f} | {bound * 1e3:.1f} | "
+                      f"{t_disk / max(bound, t_ram):.2f}x | {bound / t_disk:.0%} |")
+        else:
+            print("\n| tree tokens | in-RAM pass (ms) | streamed from disk (ms) | disk alone (GB/s) | I/O bound (ms) | "
+                  "streamed / max(I/O bound, in-RAM) | reads during the pass (ms) | streamed / max(those reads, in-RAM) |")
+            print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+            for n, t_ram, t_disk, bound, bw_n, t_read in rows:
+                print(f"| {n} | {t_ram * 1e3:.0f} | {t_disk * 1e3:.0f} | {bw_n / 1e9:.2f} | {bound * 1e3:.0f} | "
+                      f"{t_disk / max(bound, t_ram):.2f}x | {t_read * 1e3:.0f} | {t_disk / max(t_read, t_ram):.2f}x |")
         print(flush=True)
 
     if args.skip_generation:
         return
     draft_dtypes = [x.strip() for x in args.draft_dtype.split(",") if x.strip()]
-    drafts = {d: default_draft(None, streamed, draft_dtype=d)[0] for d in draft_dtypes}
+    drafts = {d: default_draft(None, streamed, device=tier.device, draft_dtype=d)[0] for d in draft_dtypes}
     resolved = [next(m.parameters()).dtype for m in drafts.values()]
     if len(set(resolved)) < len(draft_dtypes):
         ap.error(f"--draft-dtype {args.draft_dtype}: two of these give the same draft dtype here ({resolved})")
     targets = {sizes[0]: streamed.model}
     for size in sizes[1:]:  # the same target streamed through more buffers, the same resident drafts
-        targets[size] = load_model("embedded", dtype="float32", offload="disk", device_size=size,
-                                   with_tokenizer=False).model
+        targets[size] = tier.load(size, with_tokenizer=False).model
     engines = {(size, d): SpecExecEngine(targets[size], streamed.tokenizer, drafts[d],
                                          draft_tokenizer=streamed.tokenizer) for size in sizes for d in draft_dtypes}
     first = engines[sizes[0], draft_dtypes[0]]
@@ -178,9 +235,28 @@ def main() -> None:
             if args.specinfer:
                 configs.append((label("SpecInfer 8 x 8", size, d), dict(method="specinfer", max_n_beams=8,
                                                                          max_beam_len=8), engines[size, d]))
+    if tier.gpu:  # what streaming costs: the same decoding with the whole target on the GPU
+        resident = load_model("embedded", dtype="float32", device="cuda", with_tokenizer=False).model
+        on_gpu = SpecExecEngine(resident, streamed.tokenizer, drafts[draft_dtypes[0]],
+                                draft_tokenizer=streamed.tokenizer)
+        configs.append(("autoregressive, target resident on the GPU", dict(method="autoregressive"), on_gpu))
+        for b in [int(x) for x in args.budgets.split(",") if x.strip()][:1]:
+            configs.append((f"SpecExec budget {b}, target resident on the GPU",
+                            dict(method="specexec", max_budget=b, **tree), on_gpu))
     runs = GreedyRuns(first, prompts, args.max_new_tokens)
     runs.run_all(configs, interleave=args.interleave)
     base = max(r.tokens_per_second for r in runs.rows if r.label in baselines)
+    if tier.gpu:
+        print("\n| method (target streamed from pinned RAM to the GPU) | tokens/s | vs autoregressive | "
+              "tokens per target pass | seconds per iteration | of which drafting | the rest (target pass, "
+              "acceptance, cache) | same tokens as autoregressive |")
+        print("|---|---:|---:|---:|---:|---:|---:|---|")
+        for r in runs.rows:
+            print(f"| {r.label} | {r.tokens_per_second:.2f} | {r.tokens_per_second / base:.2f}x | "
+                  f"{r.tokens_per_pass:.2f} | {r.seconds_per_pass:.4f} | {r.draft_seconds_per_pass:.4f} | "
+                  f"{r.seconds_per_pass - r.draft_seconds_per_pass:.4f} | {'yes' if r.same else 'NO'} |")
+        print("(vs autoregressive: against the autoregressive row with the target streamed)")
+        return
     print("\n| method (target streamed from disk) | tokens/s | vs autoregressive | tokens per target pass | "
           "seconds per iteration | of which drafting | of which waiting for reads | the rest (target compute) | "
           "disk busy | same tokens as autoregressive |")
