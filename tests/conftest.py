@@ -20,6 +20,10 @@ import transformers
 transformers.logging.set_verbosity_error()
 
 REPO = Path(__file__).resolve().parents[1]
+# where tiny_model() puts its models: SPECEXEC_TEST_DEVICE=cuda runs the tiny-model exactness modules
+# (test_exact_architectures.py, test_sliding_window.py, test_rope_scaling.py) on a GPU; the other modules
+# build their models on the CPU
+DEVICE = torch.device(os.environ.get("SPECEXEC_TEST_DEVICE", "cpu"))
 DATASETS = Path(os.environ.get("SPECEXEC_DATASETS", REPO.parent / "shared" / "datasets"))
 
 # family -> config class name and the keyword arguments of a tiny model. Special attention
@@ -84,12 +88,12 @@ def tiny_model(family: str = "llama", seed: int = 0, dtype=torch.float64, **kwar
     config = tiny_config(family, **kwargs)
     attn = "eager" if family in EAGER_FAMILIES else "sdpa"
     model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation=attn)
-    return model.to(dtype).eval()
+    return model.to(dtype).to(DEVICE).eval()
 
 
 def greedy_reference(model, prompt_ids: list[int], max_new_tokens: int, eos_ids=None) -> list[int]:
     """The target's own greedy decoding with transformers' generate."""
-    ids = torch.tensor([prompt_ids])
+    ids = torch.tensor([prompt_ids], device=model.device)
     kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, min_new_tokens=0)
     kwargs["eos_token_id"] = sorted(eos_ids) if eos_ids else None
     kwargs["pad_token_id"] = (sorted(eos_ids)[0] if eos_ids else 0)
@@ -101,7 +105,7 @@ def greedy_reference(model, prompt_ids: list[int], max_new_tokens: int, eos_ids=
 def top2_gap(model, ids: list[int]) -> float:
     """Gap between the two largest next-token logits of ``model`` after ``ids``."""
     with torch.no_grad():
-        logits = model(torch.tensor([ids])).logits[0, -1].double()
+        logits = model(torch.tensor([ids], device=model.device)).logits[0, -1].double()
     top = torch.topk(logits, 2).values
     return float(top[0] - top[1])
 
