@@ -4,7 +4,9 @@ on a CUDA GPU) from pinned CPU RAM to the GPU.
 Part 1, one target pass over a tree of n tokens (on top of a 64-token prefix in the cache), for
 n in --sizes: the target in RAM, the target streamed from disk (``offload="disk"``), and the I/O
 bound: the bytes of the streamed layers over the disk's read bandwidth, measured in this run by
-the same reader with the page cache bypassed, next to each row (the disk's speed varies). A
+the same reader with the page cache bypassed. The three are measured in turn, --repeats times, and
+each column is the median of its samples (the disk's speed varies minute to minute); each timed
+streamed pass follows another streamed pass, as in decoding with no drafting between passes. A
 streamed pass cannot beat max(I/O bound, in-RAM pass); the columns say how far it stays from
 that, and from max(the time its own reads took, in-RAM pass).
 
@@ -94,37 +96,47 @@ class Tier:
         return bw, "disk read, " + ("O_DIRECT" if direct else "buffered + FADV_DONTNEED")
 
 
-def pass_seconds(model, n: int, repeats: int, prefix: int = 64) -> tuple[float, float]:
-    """Median seconds of one tree pass of ``n`` tokens (a random tree) after a ``prefix``-token prompt, and
-    of the reads the disk reader spent in those passes (0 for a resident model, or one streamed from RAM).
-    On a GPU each pass is timed between two synchronisations."""
-    from specexec.runner import ModelRunner
-    from specexec.tree import ancestor_matrix
+class PassTimer:
+    """One target pass over a random tree of ``n`` tokens after a ``prefix``-token prompt, timed as often as
+    asked (the tree is rolled back after each): seconds, and seconds the disk reader spent in that pass
+    (0 for a resident model, or one streamed from RAM). On a GPU a pass is timed between two
+    synchronisations."""
 
-    gen = torch.Generator().manual_seed(n)
-    runner = ModelRunner(model, capacity=prefix + n + 8)
-    runner.forward_chain(torch.randint(0, 1000, (prefix,), generator=gen), 0)
-    runner.commit(torch.arange(prefix))
-    parents = [-1] + [int(torch.randint(0, i, (), generator=gen)) for i in range(1, n)]
-    anc, depth = ancestor_matrix(parents)
-    visible = torch.cat([torch.ones(n, prefix, dtype=torch.bool), anc], 1)
-    tokens = torch.randint(0, 1000, (n,), generator=gen)
-    streamer = getattr(model, "specexec_offload", None)
-    reader = getattr(streamer.transport, "reader", None) if streamer is not None else None
-    cuda = model.get_input_embeddings().weight.device.type == "cuda"
-    times, reads = [], []
-    for r in range(repeats + 1):
-        read0 = reader.seconds if reader is not None else 0.0
-        if cuda:
+    def __init__(self, model, n: int, prefix: int = 64):
+        from specexec.runner import ModelRunner
+        from specexec.tree import ancestor_matrix
+
+        gen = torch.Generator().manual_seed(n)
+        self.runner = ModelRunner(model, capacity=prefix + n + 8)
+        self.runner.forward_chain(torch.randint(0, 1000, (prefix,), generator=gen), 0)
+        self.runner.commit(torch.arange(prefix))
+        parents = [-1] + [int(torch.randint(0, i, (), generator=gen)) for i in range(1, n)]
+        anc, depth = ancestor_matrix(parents)
+        self.positions = prefix + depth
+        self.visible = torch.cat([torch.ones(n, prefix, dtype=torch.bool), anc], 1)
+        self.tokens = torch.randint(0, 1000, (n,), generator=gen)
+        streamer = getattr(model, "specexec_offload", None)
+        self.reader = getattr(streamer.transport, "reader", None) if streamer is not None else None
+        self.cuda = model.get_input_embeddings().weight.device.type == "cuda"
+
+    def once(self) -> tuple[float, float]:
+        read0 = self.reader.seconds if self.reader is not None else 0.0
+        if self.cuda:
             torch.cuda.synchronize()
         start = time.perf_counter()
-        runner.forward(tokens, prefix + depth, visible)
-        if cuda:
+        self.runner.forward(self.tokens, self.positions, self.visible)
+        if self.cuda:
             torch.cuda.synchronize()
-        if r:  # the first is a warm-up
-            times.append(time.perf_counter() - start)
-            reads.append(reader.seconds - read0 if reader is not None else 0.0)
-        runner.rollback()
+        seconds = time.perf_counter() - start
+        self.runner.rollback()
+        return seconds, (self.reader.seconds - read0 if self.reader is not None else 0.0)
+
+
+def pass_seconds(model, n: int, repeats: int, prefix: int = 64) -> tuple[float, float]:
+    """Median seconds of ``repeats`` passes of a :class:`PassTimer` (after one untimed), and of their reads."""
+    timer = PassTimer(model, n, prefix)
+    timer.once()
+    times, reads = zip(*(timer.once() for _ in range(repeats)))
     return statistics.median(times), statistics.median(reads)
 
 
@@ -134,7 +146,8 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--budgets", default="16,64,256,1024")
     ap.add_argument("--sizes", default="1,16,64,256,1024", help="tree sizes of part 1")
-    ap.add_argument("--repeats", type=int, default=3, help="timed passes per size in part 1")
+    ap.add_argument("--repeats", type=int, default=5,
+                    help="part 1: timed passes per size, each model's interleaved with the other's")
     ap.add_argument("--device-size", default="",
                     help="layer buffers (default: the disk tier's own choice, by memory); a list (2,8) runs part 2 "
                          "with each (part 1 uses the first)")
@@ -176,9 +189,19 @@ def main() -> None:
         rows = []
         with torch.inference_mode():
             for n in [int(x) for x in args.sizes.split(",")]:
-                t_ram, _ = pass_seconds(resident, n, args.repeats)
-                bw_n, _ = tier.bandwidth(plans, 2)  # the disk's speed varies: measured next to each row
-                t_disk, t_read = pass_seconds(streamed.model, n, args.repeats)
+                # interleaved, repeated, medians of each: a resident pass, the bandwidth alone (the disk's speed
+                # varies), two streamed passes back to back, the second timed (the first lets the reader's
+                # prefetch during the others run out: the timed pass starts as one right after a pass does)
+                timers = PassTimer(resident, n), PassTimer(streamed.model, n)
+                timers[0].once()  # untimed
+                samples = []
+                for _ in range(args.repeats):
+                    t_ram = timers[0].once()[0]
+                    bw_n = tier.bandwidth(plans, 2)[0]
+                    timers[1].once()
+                    samples.append((t_ram, bw_n, *timers[1].once()))
+                del timers
+                t_ram, bw_n, t_disk, t_read = (statistics.median(column) for column in zip(*samples))
                 rows.append((n, t_ram, t_disk, layer_bytes / bw_n, bw_n, t_read))
                 print(f"  n={n}: {tier.resident_place} {t_ram * 1e3:.1f} ms, streamed {t_disk * 1e3:.1f} ms"
                       + ("" if tier.gpu else f" (its reads {t_read * 1e3:.0f} ms)")
