@@ -6,7 +6,7 @@ Mistral with a sliding window of 8, Qwen2 with windowed layers; prompts of 1 and
 tokens; the draft is the target's first layer. Also checks that the streamed logits equal the
 resident load's (``torch.equal``) for a one-token pass and a longer one. With ``--embedded``, the same for the
 embedded target (SmolLM2-135M-Instruct, float32) with its shipped draft on four prompts of the oasst, c4 and
-wikitext sets. Exits with status 1 on any failure. Needs CUDA.
+wikitext sets (each set's first of at most 256 tokens). Exits with status 1 on any failure. Needs CUDA.
 
     python benchmarks/cuda_exact.py [--embedded [--new-tokens 32]]
 """
@@ -98,8 +98,8 @@ def compare(name: str, resident, streamed, draft, prompts, new_tokens: int, meth
 
 
 def embedded(new_tokens: int) -> int:
-    """The embedded target (SmolLM2-135M-Instruct, float32) with its shipped draft: oasst prompts in the chat
-    template, c4 and wikitext prompts as text, cut to 256 tokens."""
+    """The embedded target (SmolLM2-135M-Instruct, float32) with its shipped draft: the first oasst prompts in
+    the chat template, c4 and wikitext prompts as text, each set's first ones of at most 256 tokens."""
     from specexec import SpecExecEngine
     from specexec.drafts import default_draft
     from specexec.experiments.datasets import prepare, resolve
@@ -111,9 +111,15 @@ def embedded(new_tokens: int) -> int:
     engine = SpecExecEngine(target.model, target.tokenizer, draft)
     prompts = []
     for dataset, count in (("oasst", 2), ("c4", 1), ("wikitext", 1)):
-        for p in resolve(dataset).prompts[:count]:
+        chosen = []
+        for p in resolve(dataset).prompts:
             text, chat = prepare(p, "auto", True)
-            prompts.append(engine.encode(text, chat=chat)[:256])
+            ids = engine.encode(text, chat=chat)
+            if len(ids) <= 256:  # whole: a chat prompt cut short would lose its assistant header
+                chosen.append(ids)
+            if len(chosen) == count:
+                break
+        prompts += chosen
     return compare("SmolLM2-135M-Instruct + shipped draft", target.model, streamed, draft, prompts, new_tokens,
                    EMBEDDED_METHODS, eos=engine.eos_ids)
 

@@ -2,13 +2,14 @@
 on a CUDA GPU) from pinned CPU RAM to the GPU.
 
 Part 1, one target pass over a tree of n tokens (on top of a 64-token prefix in the cache), for
-n in --sizes: the target in RAM, the target streamed from disk (``offload="disk"``), and the I/O
-bound: the bytes of the streamed layers over the disk's read bandwidth, measured in this run by
-the same reader with the page cache bypassed. The three are measured in turn, --repeats times, and
-each column is the median of its samples (the disk's speed varies minute to minute); each timed
-streamed pass follows another streamed pass, as in decoding with no drafting between passes. A
-streamed pass cannot beat max(I/O bound, in-RAM pass); the columns say how far it stays from
-that, and from max(the time its own reads took, in-RAM pass).
+n in --sizes: the target in RAM, the target streamed from disk (``offload="disk"``), and the disk
+read alone: the streamed layers read by the same reader, page cache bypassed, with the streaming
+reader idle. The three are measured in turn, --repeats rounds (the disk's speed varies from one
+minute to the next); each timed streamed pass follows an untimed one, as in decoding with no
+drafting between passes. The I/O bound of a round is the faster of the two times the disk took for
+the layers' bytes in it: read alone, or read during the streamed pass. A streamed pass cannot beat
+max(I/O bound, in-RAM pass); the table gives the medians of the rounds' times and the median (and
+range) of the rounds' ratios to that, and to max(the time its own reads took, in-RAM pass).
 
 Part 2, end to end: greedy decoding of oasst prompts (chat template), the target streamed from
 disk, the shipped draft resident: autoregressive, SpecExec at --budgets, SpecInfer; tokens/s and
@@ -21,10 +22,12 @@ waiting for layer reads and the rest (the target's compute, acceptance, cache).
 
 With ``--tier cpu`` (the paper's setting; needs CUDA) the same two parts run on the GPU with
 ``offload="cpu"``: part 1 puts the streamed pass next to the target resident on the GPU and the copy
-bound (layer bytes / the pinned host-to-device bandwidth, measured next to each row); part 2 adds a
-row with the target resident on the GPU, and the draft is resident on the GPU.
+bound (layer bytes / the pinned host-to-device bandwidth, measured in each round); part 2 splits an
+iteration into drafting and the rest only (the copies wait on the GPU, not in the host), and adds
+autoregressive and SpecExec (the first budget) rows with the target resident on the GPU; the draft
+is resident on the GPU.
 
-    python benchmarks/offload.py [--prompts 3] [--max-new-tokens 128] [--budgets 16,64,256,1024]
+    python benchmarks/offload.py [--prompts 10] [--max-new-tokens 128] [--budgets 16,64,256,1024]
                                  [--device-size 2[,8]] [--draft-dtype float32,bfloat16] [--interleave]
                                  [--no-specinfer] [--tier cpu]
 """
@@ -88,10 +91,18 @@ class Tier:
         return load_model("embedded", dtype="float32", device=self.device, offload=self.name, device_size=size,
                           with_tokenizer=with_tokenizer)
 
-    def bandwidth(self, plans, repeats: int) -> tuple[float, str]:
-        """Bytes per second of the bound, and how it was measured."""
+    def resident(self):
+        """The same target loaded whole, where the streamed one computes."""
+        from specexec.models import load_model
+
+        return load_model("embedded", dtype="float32", device=self.device, with_tokenizer=False).model
+
+    def bandwidth(self, streamed, plans, repeats: int) -> tuple[float, str]:
+        """Bytes per second of the bound (best of ``repeats`` disk sweeps, or the median of ``repeats`` copies),
+        measured with the streamed model's reader idle, and how it was measured."""
         if self.gpu:
-            return h2d_bandwidth(), "pinned host-to-device copy, 1 GiB"
+            return h2d_bandwidth(repeats=repeats), "pinned host-to-device copy, 1 GiB"
+        streamed.specexec_offload.transport.wait_idle()  # the reader's prefetch for the next pass is done
         bw, direct = disk_bandwidth(plans, repeats)
         return bw, "disk read, " + ("O_DIRECT" if direct else "buffered + FADV_DONTNEED")
 
@@ -133,11 +144,58 @@ class PassTimer:
 
 
 def pass_seconds(model, n: int, repeats: int, prefix: int = 64) -> tuple[float, float]:
-    """Median seconds of ``repeats`` passes of a :class:`PassTimer` (after one untimed), and of their reads."""
+    """Median seconds of ``repeats`` passes of a :class:`PassTimer` run back to back (after one untimed), and of
+    their reads (the other benchmarks' protocol; part 1 below interleaves the models and the disk alone)."""
     timer = PassTimer(model, n, prefix)
     timer.once()
     times, reads = zip(*(timer.once() for _ in range(repeats)))
     return statistics.median(times), statistics.median(reads)
+
+
+def part_one(tier: Tier, streamed, plans, sizes: list[int], repeats: int) -> None:
+    """Pass time against tree size: the resident pass, the bound alone and the streamed pass in turn, ``repeats``
+    rounds per size; prints a table of medians (ratios: median and range of the rounds')."""
+    layer_bytes = sum(p.raw_nbytes for p in plans)
+    resident = tier.resident()
+    rows = []
+    with torch.inference_mode():
+        for n in sizes:
+            timers = PassTimer(resident, n), PassTimer(streamed, n)
+            timers[0].once()  # untimed
+            rounds = []
+            for _ in range(repeats):
+                t_res = timers[0].once()[0]
+                bw = tier.bandwidth(streamed, plans, 2)[0]
+                timers[1].once()  # untimed: the timed pass starts as one right after a pass does
+                t, t_read = timers[1].once()
+                # the bound: the faster of the two times the layers' bytes took, alone or during the pass
+                bound = layer_bytes / bw if tier.gpu else min(layer_bytes / bw, t_read)
+                rounds.append((t_res, t, bw, bound, t_read, t / max(bound, t_res), t / max(t_read, t_res)))
+            del timers
+            cols = list(zip(*rounds))
+            med = [statistics.median(c) for c in cols]
+            rows.append((n, med, (min(cols[5]), max(cols[5])), (min(cols[6]), max(cols[6]))))
+            print(f"  n={n}: {tier.resident_place} {med[0] * 1e3:.1f} ms, streamed {med[1] * 1e3:.1f} ms"
+                  + ("" if tier.gpu else f" (its reads {med[4] * 1e3:.0f} ms)")
+                  + f", {tier.source} alone {med[2] / 1e9:.2f} GB/s", flush=True)
+    del resident
+    print(f"\n(medians of {repeats} rounds; ratios: median (lowest-highest) of the rounds')")
+    if tier.gpu:
+        print("| tree tokens | resident on the GPU (ms) | streamed from pinned RAM (ms) | copy bandwidth (GB/s) | "
+              "copy bound (ms) | streamed / max(copy bound, resident) | share of the copy bandwidth |")
+        print("|---:|---:|---:|---:|---:|---:|---:|")
+        for n, (t_res, t, bw, bound, _, ratio, _), (lo, hi), _ in rows:
+            print(f"| {n} | {t_res * 1e3:.1f} | {t * 1e3:.1f} | {bw / 1e9:.1f} | {bound * 1e3:.1f} | "
+                  f"{ratio:.2f}x ({lo:.2f}-{hi:.2f}) | {bound / t:.0%} |")
+    else:
+        print("| tree tokens | in-RAM pass (ms) | streamed from disk (ms) | disk alone (GB/s) | reads during the pass (ms) | "
+              "I/O bound (ms) | streamed / max(I/O bound, in-RAM) | streamed / max(its reads, in-RAM) |")
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for n, (t_res, t, bw, bound, t_read, ratio, own), (lo, hi), (olo, ohi) in rows:
+            print(f"| {n} | {t_res * 1e3:.0f} | {t * 1e3:.0f} | {bw / 1e9:.2f} | {t_read * 1e3:.0f} | {bound * 1e3:.0f} | "
+                  f"{ratio:.2f}x ({lo:.2f}-{hi:.2f}) | {own:.2f}x ({olo:.2f}-{ohi:.2f}) |")
+        print("(I/O bound: the faster of the disk alone and the pass's own reads, per round)")
+    print(flush=True)
 
 
 def main() -> None:
@@ -147,10 +205,10 @@ def main() -> None:
     ap.add_argument("--budgets", default="16,64,256,1024")
     ap.add_argument("--sizes", default="1,16,64,256,1024", help="tree sizes of part 1")
     ap.add_argument("--repeats", type=int, default=5,
-                    help="part 1: timed passes per size, each model's interleaved with the other's")
+                    help="part 1: rounds per size (a resident pass, the bound alone, a streamed pass)")
     ap.add_argument("--device-size", default="",
-                    help="layer buffers (default: the disk tier's own choice, by memory); a list (2,8) runs part 2 "
-                         "with each (part 1 uses the first)")
+                    help="layer buffers (default: the tier's own: for disk as many as 512 MiB holds, up to 16; for cpu "
+                         "2 GPU buffers); a list (2,8) runs part 2 with each (part 1 uses the first)")
     ap.add_argument("--draft-dtype", default="auto",
                     help="the draft's dtype (auto: the engine's default choice); a list (float32,bfloat16) runs every "
                          "drafting method with each")
@@ -167,61 +225,27 @@ def main() -> None:
     sizes = [int(x) for x in str(args.device_size).split(",") if x.strip()] or [None]
     if None not in sizes and min(sizes) < 1:
         ap.error("--device-size: one or more positive integers, e.g. 2 or 2,8")
+    if args.repeats < 1:
+        ap.error("--repeats must be at least 1")
+    budgets = [int(x) for x in args.budgets.split(",") if x.strip()]
     if args.tier == "cpu" and not torch.cuda.is_available():
         ap.error("--tier cpu streams the layers to a CUDA GPU, and this machine has none")
     tier = Tier(args.tier)
 
     from specexec import SpecExecEngine
     from specexec.drafts import default_draft
-    from specexec.models import load_model
 
     print(f"machine: {machine()}" + (f"; GPU: {torch.cuda.get_device_name()}" if tier.gpu else ""), flush=True)
     streamed = tier.load(sizes[0])
     sizes[0] = streamed.model.specexec_offload.slots  # the default, resolved
     plans = list(streamed.model.specexec_offload.plans.values())
     layer_bytes = sum(p.raw_nbytes for p in plans)
-    bw, how = tier.bandwidth(plans, 3)
+    bw, how = tier.bandwidth(streamed.model, plans, 3)
     print(f"streamed layers: {len(plans)}, {layer_bytes / 1e6:.1f} MB read per pass; {how}: "
           f"{bw / 1e9:.2f} GB/s, so the bound is {layer_bytes / bw * 1e3:.1f} ms per pass; {sizes[0]} buffers", flush=True)
 
     if not args.skip_passes:
-        resident = load_model("embedded", dtype="float32", device=tier.device, with_tokenizer=False).model
-        rows = []
-        with torch.inference_mode():
-            for n in [int(x) for x in args.sizes.split(",")]:
-                # interleaved, repeated, medians of each: a resident pass, the bandwidth alone (the disk's speed
-                # varies), two streamed passes back to back, the second timed (the first lets the reader's
-                # prefetch during the others run out: the timed pass starts as one right after a pass does)
-                timers = PassTimer(resident, n), PassTimer(streamed.model, n)
-                timers[0].once()  # untimed
-                samples = []
-                for _ in range(args.repeats):
-                    t_ram = timers[0].once()[0]
-                    bw_n = tier.bandwidth(plans, 2)[0]
-                    timers[1].once()
-                    samples.append((t_ram, bw_n, *timers[1].once()))
-                del timers
-                t_ram, bw_n, t_disk, t_read = (statistics.median(column) for column in zip(*samples))
-                rows.append((n, t_ram, t_disk, layer_bytes / bw_n, bw_n, t_read))
-                print(f"  n={n}: {tier.resident_place} {t_ram * 1e3:.1f} ms, streamed {t_disk * 1e3:.1f} ms"
-                      + ("" if tier.gpu else f" (its reads {t_read * 1e3:.0f} ms)")
-                      + f", {tier.source} alone {bw_n / 1e9:.2f} GB/s", flush=True)
-        del resident
-        if tier.gpu:
-            print("\n| tree tokens | resident on the GPU (ms) | streamed from pinned RAM (ms) | copy bandwidth (GB/s) | "
-                  "copy bound (ms) | streamed / max(copy bound, resident) | share of the copy bandwidth |")
-            print("|---:|---:|---:|---:|---:|---:|---:|")
-            for n, t_ram, t_disk, bound, bw_n, _ in rows:
-                print(f"| {n} | {t_ram * 1e3:.1f} | {t_disk * 1e3:.1f} | {bw_n / 1e9:.1f} | {bound * 1e3:.1f} | "
-                      f"{t_disk / max(bound, t_ram):.2f}x | {bound / t_disk:.0%} |")
-        else:
-            print("\n| tree tokens | in-RAM pass (ms) | streamed from disk (ms) | disk alone (GB/s) | I/O bound (ms) | "
-                  "streamed / max(I/O bound, in-RAM) | reads during the pass (ms) | streamed / max(those reads, in-RAM) |")
-            print("|---:|---:|---:|---:|---:|---:|---:|---:|")
-            for n, t_ram, t_disk, bound, bw_n, t_read in rows:
-                print(f"| {n} | {t_ram * 1e3:.0f} | {t_disk * 1e3:.0f} | {bw_n / 1e9:.2f} | {bound * 1e3:.0f} | "
-                      f"{t_disk / max(bound, t_ram):.2f}x | {t_read * 1e3:.0f} | {t_disk / max(t_read, t_ram):.2f}x |")
-        print(flush=True)
+        part_one(tier, streamed.model, plans, [int(x) for x in args.sizes.split(",")], args.repeats)
 
     if args.skip_generation:
         return
@@ -252,19 +276,19 @@ def main() -> None:
                for name, size in zip(baselines, sizes)]
     for size in sizes:
         for d in draft_dtypes:
-            for b in [int(x) for x in args.budgets.split(",") if x.strip()]:
+            for b in budgets:
                 configs.append((label(f"SpecExec budget {b}", size, d), dict(method="specexec", max_budget=b, **tree),
                                 engines[size, d]))
             if args.specinfer:
                 configs.append((label("SpecInfer 8 x 8", size, d), dict(method="specinfer", max_n_beams=8,
                                                                          max_beam_len=8), engines[size, d]))
     if tier.gpu:  # what streaming costs: the same decoding with the whole target on the GPU
-        resident = load_model("embedded", dtype="float32", device="cuda", with_tokenizer=False).model
-        on_gpu = SpecExecEngine(resident, streamed.tokenizer, drafts[draft_dtypes[0]],
+        on_gpu = SpecExecEngine(tier.resident(), streamed.tokenizer, drafts[draft_dtypes[0]],
                                 draft_tokenizer=streamed.tokenizer)
         configs.append(("autoregressive, target resident on the GPU", dict(method="autoregressive"), on_gpu))
-        for b in [int(x) for x in args.budgets.split(",") if x.strip()][:1]:
-            configs.append((f"SpecExec budget {b}, target resident on the GPU",
+        for b in budgets[:1]:
+            extra = f", draft {named[draft_dtypes[0]]}" if len(draft_dtypes) > 1 else ""
+            configs.append((f"SpecExec budget {b}, target resident on the GPU{extra}",
                             dict(method="specexec", max_budget=b, **tree), on_gpu))
     runs = GreedyRuns(first, prompts, args.max_new_tokens)
     runs.run_all(configs, interleave=args.interleave)
@@ -278,7 +302,7 @@ def main() -> None:
             print(f"| {r.label} | {r.tokens_per_second:.2f} | {r.tokens_per_second / base:.2f}x | "
                   f"{r.tokens_per_pass:.2f} | {r.seconds_per_pass:.4f} | {r.draft_seconds_per_pass:.4f} | "
                   f"{r.seconds_per_pass - r.draft_seconds_per_pass:.4f} | {'yes' if r.same else 'NO'} |")
-        print("(vs autoregressive: against the autoregressive row with the target streamed)")
+        print("(vs autoregressive: against the fastest autoregressive row with the target streamed)")
         return
     print("\n| method (target streamed from disk) | tokens/s | vs autoregressive | tokens per target pass | "
           "seconds per iteration | of which drafting | of which waiting for reads | the rest (target compute) | "

@@ -20,10 +20,19 @@ import transformers
 transformers.logging.set_verbosity_error()
 
 REPO = Path(__file__).resolve().parents[1]
-# where tiny_model() puts its models: SPECEXEC_TEST_DEVICE=cuda runs the tiny-model exactness modules
-# (test_exact_architectures.py, test_sliding_window.py, test_rope_scaling.py) on a GPU; the other modules
-# build their models on the CPU
-DEVICE = torch.device(os.environ.get("SPECEXEC_TEST_DEVICE", "cpu"))
+# SPECEXEC_TEST_DEVICE=cuda: the tiny-model exactness modules (test_exact_architectures.py,
+# test_sliding_window.py, test_rope_scaling.py) build their models, resident, on that device (they pass
+# device=TEST_DEVICE to tiny_model); every other module builds its models on the CPU
+TEST_DEVICE = os.environ.get("SPECEXEC_TEST_DEVICE", "cpu")
+
+
+def pytest_configure(config):
+    try:
+        device = torch.device(TEST_DEVICE)
+    except (RuntimeError, ValueError):
+        raise pytest.UsageError(f"SPECEXEC_TEST_DEVICE={TEST_DEVICE!r} is not a torch device (cpu, cuda, cuda:N)")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise pytest.UsageError(f"SPECEXEC_TEST_DEVICE={TEST_DEVICE}: this machine has no CUDA GPU")
 DATASETS = Path(os.environ.get("SPECEXEC_DATASETS", REPO.parent / "shared" / "datasets"))
 
 # family -> config class name and the keyword arguments of a tiny model. Special attention
@@ -83,12 +92,12 @@ def tiny_config(family: str, vocab: int = 64, layers: int = 2, hidden: int = 32,
     return cls(**common)
 
 
-def tiny_model(family: str = "llama", seed: int = 0, dtype=torch.float64, **kwargs):
+def tiny_model(family: str = "llama", seed: int = 0, dtype=torch.float64, device="cpu", **kwargs):
     torch.manual_seed(seed)
     config = tiny_config(family, **kwargs)
     attn = "eager" if family in EAGER_FAMILIES else "sdpa"
     model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation=attn)
-    return model.to(dtype).to(DEVICE).eval()
+    return model.to(dtype).to(device).eval()
 
 
 def greedy_reference(model, prompt_ids: list[int], max_new_tokens: int, eos_ids=None) -> list[int]:

@@ -7,7 +7,7 @@ import torch
 from specexec import SpecExecEngine
 from specexec.models import truncated_copy
 
-from conftest import TINY_FAMILIES, assert_greedy_equal, greedy_reference, tiny_model
+from conftest import TEST_DEVICE, TINY_FAMILIES, assert_greedy_equal, greedy_reference, tiny_model
 
 METHOD_SETTINGS = [
     ("specexec", dict(max_budget=1)),
@@ -27,10 +27,10 @@ def prompts(vocab, count=3, seed=0):
 @pytest.mark.parametrize("family", sorted(TINY_FAMILIES))
 def test_every_method_is_greedy_exact(family):
     # a peaked random target (large init) so that greedy paths are well separated
-    target = tiny_model(family, seed=1, initializer_range=0.4)
+    target = tiny_model(family, seed=1, initializer_range=0.4, device=TEST_DEVICE)
     # draft = target itself is covered below and in the real-model tests
     drafts = {"truncated": truncated_copy(target, 1),
-              "unrelated": tiny_model(family, seed=2, initializer_range=0.4, layers=1)}
+              "unrelated": tiny_model(family, seed=2, initializer_range=0.4, layers=1, device=TEST_DEVICE)}
     vocab = target.config.vocab_size
     for prompt in prompts(vocab):
         want = greedy_reference(target, prompt, 16)
@@ -44,7 +44,7 @@ def test_every_method_is_greedy_exact(family):
 
 
 def test_a_draft_that_always_agrees_accepts_whole_paths():
-    target = tiny_model("llama", seed=1, initializer_range=0.4)
+    target = tiny_model("llama", seed=1, initializer_range=0.4, device=TEST_DEVICE)
     engine = SpecExecEngine(target, None, target)
     res = engine.generate([3, 4, 5], method="chain", max_new_tokens=30, max_beam_len=5)
     # each pass accepts the 5 drafted tokens plus one of the target's own
@@ -56,7 +56,7 @@ def test_a_draft_that_always_agrees_accepts_whole_paths():
 
 
 def test_eos_stops_generation_and_is_never_passed():
-    target = tiny_model("llama", seed=1, initializer_range=0.4)
+    target = tiny_model("llama", seed=1, initializer_range=0.4, device=TEST_DEVICE)
     prompt = [3, 4, 5]
     free = greedy_reference(target, prompt, 30)
     eos = free[10]  # a token the target emits at step 10 (maybe earlier too)

@@ -211,6 +211,31 @@ def test_time_waiting_for_reads_is_counted(folders):
         reader.pread = real
 
 
+def test_waiting_for_the_reader_to_idle_keeps_the_prefetched_layers(folders, residents):
+    """wait_idle (the benchmark's quiet disk for its bandwidth sweep) returns once the next pass's layers
+    are read, and the next pass uses them: no read is repeated or lost."""
+    ref, model = residents["llama"], disk(folders["llama"], device_size=2)
+    transport, reader = model.specexec_offload.transport, model.specexec_offload.transport.reader
+    real = reader.pread
+
+    def slow(fd, buf, offset):
+        time.sleep(0.05)
+        return real(fd, buf, offset)
+
+    reader.pread = slow
+    ids = torch.tensor([[5, 6, 7]])
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, ref(ids).logits)
+        transport.wait_idle()  # the 2 buffers' reads for the next pass were queued at the pass's end
+        assert not transport._queue and not transport._busy
+        done = len(transport.reads)
+        assert done == LAYERS + 2, done
+        assert torch.equal(model(ids).logits, ref(ids).logits)
+    transport.wait_idle()
+    assert len(transport.reads) == done + LAYERS  # this pass read its other layers and the next pass's first two
+    reader.pread = real
+
+
 def test_a_pass_cut_short_restarts_the_rotation(folders, residents):
     ref, model = residents["llama"], disk(folders["llama"], device_size=2)
     layer = model.specexec_offload.layers[2]

@@ -10,7 +10,7 @@ from specexec import SpecExecEngine
 from specexec.models import truncated_copy
 from specexec.rope import length_switch
 
-from conftest import EVERY_METHOD, assert_greedy_equal, greedy_reference, tiny_model
+from conftest import EVERY_METHOD, TEST_DEVICE, assert_greedy_equal, greedy_reference, tiny_model
 
 T = 32  # original_max_position_embeddings: short factors up to here, long ones past it
 LONGROPE = {"rope_type": "longrope", "short_factor": [1.0, 1.0, 1.0, 1.0], "long_factor": [1.0, 4.0, 16.0, 64.0],
@@ -20,7 +20,7 @@ SETTINGS = EVERY_METHOD
 
 def longrope_model(family):
     return tiny_model(family, seed=1, initializer_range=0.4, max_positions=128, rope_parameters=dict(LONGROPE),
-                      original_max_position_embeddings=T)
+                      original_max_position_embeddings=T, device=TEST_DEVICE)
 
 
 def prompts():
@@ -55,7 +55,8 @@ def test_a_tree_pass_straddling_the_switch_would_be_wrong():
 
 def test_dynamic_ntk_is_exact_up_to_the_context_limit():
     target = tiny_model("llama", seed=1, initializer_range=0.4, max_positions=48,
-                        rope_parameters={"rope_type": "dynamic", "factor": 4.0, "rope_theta": 10000.0})
+                        rope_parameters={"rope_type": "dynamic", "factor": 4.0, "rope_theta": 10000.0},
+                        device=TEST_DEVICE)
     assert length_switch(target) is None
     prompt = prompts()[0]
     want = greedy_reference(target, prompt, 48 - len(prompt))

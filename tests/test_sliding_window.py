@@ -13,7 +13,7 @@ from specexec.attention import FULL, SLIDING, attention_layout
 from specexec.errors import UnsupportedModelError
 from specexec.models import truncated_copy
 
-from conftest import EVERY_METHOD, WINDOW, assert_greedy_equal, greedy_reference, tiny_model
+from conftest import EVERY_METHOD, TEST_DEVICE, WINDOW, assert_greedy_equal, greedy_reference, tiny_model
 
 WINDOWED = ["mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3"]
 SETTINGS = EVERY_METHOD
@@ -36,7 +36,7 @@ def prompts():
 
 @pytest.mark.parametrize("family", WINDOWED)
 def test_windowed_models_are_greedy_exact(family):
-    target = tiny_model(family, seed=1, initializer_range=0.4)
+    target = tiny_model(family, seed=1, initializer_range=0.4, device=TEST_DEVICE)
     assert target.config.sliding_window == WINDOW
     wide = without_window(target)
     wants = {tuple(p): greedy_reference(target, p, NEW) for p in prompts()}
@@ -60,14 +60,14 @@ def test_windowed_models_are_greedy_exact(family):
     ("gemma2", (SLIDING, FULL)), ("gemma3_text", (SLIDING, FULL)), ("gpt2", (FULL,)),
 ])
 def test_attention_layout_follows_the_config(family, types):
-    layout = attention_layout(tiny_model(family))
+    layout = attention_layout(tiny_model(family, device=TEST_DEVICE))
     assert layout.types == types
     assert layout.window == (WINDOW if SLIDING in types else None)
     assert layout.mapping == (len(types) > 1)
 
 
 def test_window_counts_positions_not_slots():
-    layout = attention_layout(tiny_model("mistral"))
+    layout = attention_layout(tiny_model("mistral", device=TEST_DEVICE))
     # a key cached long ago at slot 0 but position 100 (e.g. after a commit) is inside the window
     visible = torch.ones(1, 3, dtype=torch.bool)
     mask = layout.masks(visible, torch.tensor([105]), torch.tensor([100, 96, 105]), torch.float32)
@@ -76,7 +76,7 @@ def test_window_counts_positions_not_slots():
 
 
 def test_unknown_attention_types_are_refused():
-    model = tiny_model("qwen2")
+    model = tiny_model("qwen2", device=TEST_DEVICE)
     model.config.layer_types = ["chunked_attention", "full_attention"]
     with pytest.raises(UnsupportedModelError, match="chunked_attention"):
         attention_layout(model)

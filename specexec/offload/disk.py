@@ -66,6 +66,13 @@ class DiskTransport:
     def release(self, k: int, slot: int) -> None:
         """Computation on ``slot`` is over (synchronous on the CPU: nothing to record)."""
 
+    def wait_idle(self) -> None:
+        """Block until no read is queued or in progress (the next pass's prefetched layers stay ready): a
+        measurement of the disk alone then has it to itself."""
+        with self._cond:
+            while (self._queue or self._busy) and not self._stop:
+                self._cond.wait()
+
     def cancel(self) -> None:
         """Drop queued reads and wait for the one in progress (its buffer may be reused at once)."""
         with self._cond:
