@@ -92,6 +92,7 @@ def main() -> None:
     rows = []
     with torch.inference_mode():
         for n in [int(x) for x in args.sizes.split(",")]:
+            model.specexec_offload.transport.wait_idle()  # the disk to itself: no prefetch of the next pass
             bw, direct = disk_bandwidth(plans, repeats=1)
             t_pass, t_read = pass_seconds(model, n, args.repeats)
             rows.append((n, t_pass, t_read, bw, layer_bytes / bw))
