@@ -21,6 +21,8 @@ from collections import Counter
 
 from common import GreedyRuns, machine, oasst_prompts
 
+from specexec.drafts import DRAFT_DTYPES
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -30,7 +32,7 @@ def main() -> None:
     ap.add_argument("--budgets", default="8,16,32,64,128,256,512,1024")
     ap.add_argument("--max-beam-len", type=int, default=16, help="depth cap of the fixed budgets, and auto's largest")
     ap.add_argument("--refresh-profile", action="store_true", help="measure the cost profile again")
-    ap.add_argument("--draft-dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+    ap.add_argument("--draft-dtype", default="auto", choices=DRAFT_DTYPES,
                     help="the draft's dtype (default: the engine's choice)")
     ap.add_argument("--interleave", action="store_true", help="every configuration on a prompt before the next")
     args = ap.parse_args()

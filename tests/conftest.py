@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 # test_sliding_window.py, test_rope_scaling.py) build their models, resident, on that device (they pass
 # device=TEST_DEVICE to tiny_model); every other module builds its models on the CPU
 TEST_DEVICE = os.environ.get("SPECEXEC_TEST_DEVICE", "cpu")
+DATASETS = Path(os.environ.get("SPECEXEC_DATASETS", REPO.parent / "shared" / "datasets"))
 
 
 def pytest_configure(config):
@@ -33,7 +34,7 @@ def pytest_configure(config):
         raise pytest.UsageError(f"SPECEXEC_TEST_DEVICE={TEST_DEVICE!r} is not a torch device (cpu, cuda, cuda:N)")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise pytest.UsageError(f"SPECEXEC_TEST_DEVICE={TEST_DEVICE}: this machine has no CUDA GPU")
-DATASETS = Path(os.environ.get("SPECEXEC_DATASETS", REPO.parent / "shared" / "datasets"))
+
 
 # family -> config class name and the keyword arguments of a tiny model. Special attention
 # features are on: windows of 8 positions (much shorter than the tests' prompts plus
