@@ -10,9 +10,9 @@ import torch
 
 
 def machine() -> str:
-    from specexec.machine import cpu_name
+    from specexec.machine import describe_cpu
 
-    cpu = cpu_name()
+    cpu = describe_cpu()
     try:
         with open("/proc/meminfo", encoding="utf-8") as f:
             mem = int(next(line.split()[1] for line in f if line.startswith("MemTotal"))) / 2**20

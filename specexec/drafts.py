@@ -9,11 +9,12 @@ import torch
 
 from .draft_vocab import FULL, apply_draft_vocab, parse_draft_vocab
 from .errors import ConfigError, ModelLoadError
+from .machine import native_bfloat16
 from .models import (DEFAULT_DRAFT_LAYERS, EMBEDDED, LoadedModel, eos_token_ids, load_model, offload_folder,
                      parse_draft, parse_dtype, truncated_copy)
 
 
-def default_draft(name: str | None, target: LoadedModel, *, dtype="float32", device="cpu",
+def default_draft(name: str | None, target: LoadedModel, *, dtype="auto", device="cpu",
                   draft_layers: int | None = None, draft_vocab=None, quantize: str | None = None,
                   draft_dtype: str | torch.dtype | None = "auto"):
     """The draft for ``target``: (model, tokenizer), or (None, None) for 'none'.
@@ -103,12 +104,6 @@ def resolve_draft_dtype(asked: str | torch.dtype | None, target, kind: str = "de
         raise ConfigError("--draft-dtype with a quantized target or --draft-quantize applies to a named --draft "
                           "model only (the default draft of a quantized target keeps float32)")
     return dtype
-
-
-def native_bfloat16() -> bool:
-    """Whether this CPU multiplies bfloat16 natively (torch's own probe of AVX512-BF16 / AMX)."""
-    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-    return any(bool(probe()) for probe in probes if probe is not None)
 
 
 def check_draft_quantize(name: str | None, quantize: str | None) -> None:

@@ -142,7 +142,7 @@ class SpecExecEngine:
 
     @classmethod
     def from_pretrained(cls, target: str | None = "embedded", draft: str | None = None, *,
-                        dtype: str = "float32", device: str = "cpu", draft_layers: int | None = None,
+                        dtype: str = "auto", device: str = "cpu", draft_layers: int | None = None,
                         config: GenerationConfig | None = None, offload: str | None = None,
                         device_size: int | None = None, keep_layers: int = 0,
                         draft_vocab: int | str | None = None, quantize: str | None = None,
@@ -169,6 +169,7 @@ class SpecExecEngine:
         loaded = load_model(target, dtype=dtype, device=device, offload=offload, device_size=device_size,
                             keep_layers=keep_layers, quantize=quantize)
         device = str(next(loaded.model.parameters()).device)
+        dtype = loaded.model.get_input_embeddings().weight.dtype  # what "auto" became: a named draft's too
         draft_model, draft_tok = default_draft(draft, loaded, dtype=dtype, device=device, draft_layers=draft_layers,
                                                draft_vocab=draft_vocab, quantize=draft_quantize,
                                                draft_dtype=draft_dtype)

@@ -51,6 +51,37 @@ def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     return names[dtype]
 
 
+def checkpoint_dtype(config) -> torch.dtype | None:
+    """The dtype a checkpoint's config says its weights are stored in (None where it does not say)."""
+    stored = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    if isinstance(stored, str):
+        stored = getattr(torch, stored, None)
+    return stored if isinstance(stored, torch.dtype) else None
+
+
+def resolve_dtype(asked, config, device: torch.device, quantized: bool = False) -> torch.dtype:
+    """The dtype a target computes in: the one asked, or for ``auto`` (None) what this machine does best
+    with this checkpoint, decided here at run time:
+
+    - a CPU with native bfloat16 (AVX512-BF16 or AMX) computes a bfloat16 checkpoint in bfloat16, where a
+      tree of 64 tokens costs about what one token costs; other CPUs, and every float32 or float16
+      checkpoint, compute in float32 (so do quantized weights on a CPU);
+    - a CUDA GPU computes a 16-bit checkpoint in its own dtype and a float32 one in float16.
+    """
+    dtype = parse_dtype(asked)
+    if dtype is not None:
+        return dtype
+    stored = checkpoint_dtype(config)
+    if device.type == "cuda":
+        return stored if stored in (torch.float16, torch.bfloat16) else torch.float16
+    if device.type == "cpu":
+        from .machine import native_bfloat16
+
+        native = stored == torch.bfloat16 and not quantized and native_bfloat16()
+        return torch.bfloat16 if native else torch.float32
+    return stored or torch.float32
+
+
 def parse_device(device: str | torch.device) -> torch.device:
     """A device that exists on this machine, or a one-line error."""
     try:
@@ -247,7 +278,7 @@ def load_tokenizer(name: str | None):
         raise _explain(str(name), err) from err
 
 
-def load_model(name: str | None, dtype: str | torch.dtype | None = "float32", device: str = "cpu",
+def load_model(name: str | None, dtype: str | torch.dtype | None = "auto", device: str = "cpu",
                with_tokenizer: bool = True, offload: str | None = None, device_size: int | None = None,
                keep_layers: int = 0, quantize: str | None = None) -> LoadedModel:
     """Load a causal LM (and its tokenizer) by hub id, local folder, .gguf file or 'embedded'.
@@ -255,7 +286,8 @@ def load_model(name: str | None, dtype: str | torch.dtype | None = "float32", de
     ``offload="disk"`` / ``"cpu"`` streams the decoder layers (see :mod:`specexec.offload`) through
     ``device_size`` buffers (None: sized by memory, :meth:`OffloadOptions.slots`), the first ``keep_layers``
     staying resident. ``quantize`` ("int8" or
-    "int4") quantizes the weights as they load (:mod:`specexec.quantize`).
+    "int4") quantizes the weights as they load (:mod:`specexec.quantize`). ``dtype`` "auto" (or None) is
+    decided by :func:`resolve_dtype`.
     """
     from .quantize import parse_quantize
 
@@ -268,7 +300,7 @@ def load_model(name: str | None, dtype: str | torch.dtype | None = "float32", de
     from .quantize import check_checkpoint, quantization_config
 
     where, kwargs = resolve(name)
-    torch_dtype = parse_dtype(dtype)
+    parse_dtype(dtype)
     device = parse_device(device)
     try:
         config = _from_hub_or_cache(AutoConfig.from_pretrained, where, kwargs)
@@ -276,13 +308,13 @@ def load_model(name: str | None, dtype: str | torch.dtype | None = "float32", de
         raise _explain(str(name), err) from err
     check_checkpoint(config, device, quantize, str(name))
     quantized = quantize is not None or getattr(config, "quantization_config", None) is not None
+    torch_dtype = resolve_dtype(dtype, config, device, quantized)
     if quantize is not None:
         kwargs = {**kwargs, "quantization_config": quantization_config(quantize, torch_dtype or torch.float32)}
     if quantized:  # quantized weights are placed as they load, never moved afterwards
         kwargs = {**kwargs, "device_map": {"": str(device)}}
     try:
-        model = _from_hub_or_cache(AutoModelForCausalLM.from_pretrained, where,
-                                   {"dtype": torch_dtype or "auto", **kwargs})
+        model = _from_hub_or_cache(AutoModelForCausalLM.from_pretrained, where, {"dtype": torch_dtype, **kwargs})
     except Exception as err:  # noqa: BLE001
         raise _explain(str(name), err) from err
     model = (model if quantized else model.to(device)).eval()
@@ -297,10 +329,15 @@ def load_model(name: str | None, dtype: str | torch.dtype | None = "float32", de
 def _load_offloaded(name, dtype, device, with_tokenizer, mode, device_size, keep_layers, quantize) -> LoadedModel:
     from .offload import OffloadOptions, load_offloaded
 
+    from transformers import AutoConfig
+
     options = OffloadOptions(mode, device_size, keep_layers)  # validated before any file is read
+    parse_dtype(dtype)
     compute = options.compute_device(device)
     folder = offload_folder(name)
-    if quantize is not None or _quantized_checkpoint(folder):
+    quantized = quantize is not None or _quantized_checkpoint(folder)
+    dtype = resolve_dtype(dtype, AutoConfig.from_pretrained(folder), compute, quantized)
+    if quantized:
         # quantized layers: loaded once (quantized), then streamed from a store of their packed tensors
         from .offload.packed import stream_packed
 
@@ -310,10 +347,10 @@ def _load_offloaded(name, dtype, device, with_tokenizer, mode, device_size, keep
             raise OffloadError("quantized layers stream from disk only for now (--offload disk); "
                                "--offload cpu streams float weights")
         loaded = load_model(str(folder), dtype=dtype, device=str(compute), with_tokenizer=False, quantize=quantize)
-        source = _folder_fingerprint(folder) + [quantize, str(parse_dtype(dtype))]
+        source = _folder_fingerprint(folder) + [quantize, str(dtype)]
         model = stream_packed(loaded.model, options, cache_dir() / "packed", json.dumps(source))
     else:
-        model = load_offloaded(folder, options, dtype=parse_dtype(dtype), device=device)
+        model = load_offloaded(folder, options, dtype=dtype, device=device)
     tokenizer = load_tokenizer(str(folder)) if with_tokenizer else None
     return LoadedModel(model, tokenizer, EMBEDDED if name in EMBEDDED_ALIASES else str(name))
 

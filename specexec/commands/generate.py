@@ -20,7 +20,8 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--draft-vocab", type=draft_vocab_value, default=None, metavar="K|full",
                    help="a distilled draft's output head: its K most frequent tokens, or 'full'; default: the "
                         "K stored with the draft (the shipped draft's: docs/draft.md)")
-    p.add_argument("--dtype", default="float32", help="float32 (default), bfloat16, float16, float64")
+    p.add_argument("--dtype", default="auto", help="auto (default: bfloat16 for a bfloat16 checkpoint on a CPU with native "
+                   "bfloat16, float16 on CUDA, else float32), float32, bfloat16, float16, float64")
     from ..drafts import DRAFT_DTYPES
 
     p.add_argument("--draft-dtype", default="auto", choices=DRAFT_DTYPES,

@@ -65,7 +65,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     _flag(m, "--draft_vocab", type=draft_vocab_value, default=None, metavar="K|full",
           help="a distilled draft's output head: its K most frequent tokens, or 'full' (default: the draft's own K)")
     _flag(m, "--model_1", default=None, help="target model: hub id, folder, .gguf (default: the embedded model)")
-    _flag(m, "--dtype", default="auto", help="auto (float16 on CUDA, float32 on CPU), float32, bfloat16, float16")
+    _flag(m, "--dtype", default="auto", help="auto (bfloat16 for a bfloat16 checkpoint on a CPU with native bfloat16, float16 on CUDA, "
+               "else float32), float32, bfloat16, float16")
     _flag(m, "--device", default=None, help="cuda if available, else cpu")
     _flag(m, "--quantize", default=None, choices=("int8", "int4"),
           help="quantize the target's weights as they load: int8 (torchao) or int4 (bitsandbytes NF4)")

@@ -68,9 +68,9 @@ def _hardware(device: str) -> str:
 
     if device.startswith("cuda") and torch.cuda.is_available():
         return torch.cuda.get_device_name(device)
-    from ..machine import cpu_name
+    from ..machine import describe_cpu
 
-    return f"CPU {cpu_name()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
+    return f"CPU {describe_cpu()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
 
 
 def _check_models(args, device: str) -> None:
@@ -99,10 +99,7 @@ def _pick_device(args) -> tuple[str, str]:
 
     parse_device(device)
     parse_draft(args.model_0)
-    dtype = args.dtype
-    if dtype == "auto":
-        dtype = "float16" if device.startswith("cuda") else "float32"
-    return device, dtype
+    return device, args.dtype  # "auto": decided at load (specexec.models.resolve_dtype)
 
 
 def run(args) -> int:
@@ -177,6 +174,7 @@ def _run(args, configs, dataset, prompts, device, dtype, out) -> int:
     _say(f"experiment {args.exp_name}: {len(configs)} configuration(s) x {len(prompts)} prompt(s) "
          f"from {dataset.name} ({dataset.source}); logs in {out.dir}")
     engine = _load_engine(args, configs, device, dtype)
+    dtype = str(engine.target.get_input_embeddings().weight.dtype).removeprefix("torch.")  # "auto" decided
     has_template = bool(getattr(engine.tokenizer, "chat_template", None))
     inputs = [ds.prepare(p, args.chat_template, has_template) for p in prompts]
     n_chat = sum(chat for _, chat in inputs)
