@@ -106,3 +106,20 @@ def export_from_folder(folder: str | Path, target_name: str = "embedded", dest: 
     if (Path(folder) / VOCAB_FILE).exists():  # the reduced head's token ranking travels with the draft
         shutil.copyfile(Path(folder) / VOCAB_FILE, dest / VOCAB_FILE)
     return dest
+
+
+def export_standalone(dest: str | Path, target_name: str = "embedded") -> Path:
+    """Write the shipped draft as a plain model folder (embeddings and head filled from the target, its
+    tokenizer, its token ranking): a draft any tool loads by path, e.g. for a target widened from the
+    embedded one (:mod:`specexec.widen`) or for another runtime."""
+    from ..draft_vocab import VOCAB_FILE
+    from ..models import load_model
+
+    target = load_model(target_name, dtype="float32")
+    draft = load_shipped_draft(target.model)
+    dest = Path(dest)
+    draft.save_pretrained(dest)
+    target.tokenizer.save_pretrained(dest)
+    if (SHIPPED_DIR / VOCAB_FILE).exists():
+        shutil.copyfile(SHIPPED_DIR / VOCAB_FILE, dest / VOCAB_FILE)
+    return dest
