@@ -16,8 +16,12 @@ what a model of the larger shape costs (bytes read, multiply-adds):
   projection: they compute, and add nothing to the residual stream;
 - the LM head is untied (as in the Llama-2 checkpoints) and padded with zero columns.
 
-It is a cost model: a real big model agrees with a small draft more than the small model does with
-it, so acceptance (and speedup) measured on a widened model understates a real big pair's.
+It is a cost model: the bytes and multiply-adds of the big shape (zeros are read and multiplied like
+any other value) with the small model's distribution. A draft agrees with the widened model exactly
+as it agrees with the small one, and that understates a real big pair: a big target's next token is
+easier to predict (its distribution is sharper) and its draft is a capable model in its own right
+(the paper drafts a 70B target with a 7B model), where the embedded pair is a 135M target and a much
+smaller distilled draft.
 
 The checkpoint is written a decoder layer at a time (one safetensors file each), never whole in
 memory.
@@ -46,8 +50,10 @@ SHAPES = {
     "34b": dict(hidden_size=8192, intermediate_size=22016, num_hidden_layers=48, num_attention_heads=128,
                 num_key_value_heads=16),
 }
-FILE_PATTERN = "model-layer-{:03d}.safetensors"
-REST_FILE = "model-rest.safetensors"
+
+def shard_name(i: int, n_layers: int) -> str:
+    """Shards named as transformers names them: one per decoder layer, then embeddings, final norm and head."""
+    return f"model-{i + 1:05d}-of-{n_layers + 1:05d}.safetensors"
 
 
 @dataclass(frozen=True)
@@ -218,7 +224,7 @@ def widen(source: str | Path, out: str | Path, shape: str | dict = "13b", dtype=
         p = f"model.layers.{w.source_layer(i)}."
         small = {k[len(p):]: get(k) for k in where if k.startswith(p)}
         tensors = {f"model.layers.{i}.{k}": v for k, v in w.layer(small, i >= n_small, dtype).items()}
-        name = FILE_PATTERN.format(i)
+        name = shard_name(i, w.num_hidden_layers)
         save_file(tensors, out / name, metadata={"format": "pt"})
         weight_map |= dict.fromkeys(tensors, name)
         written += sum(t.numel() * t.element_size() for t in tensors.values())
@@ -227,8 +233,9 @@ def widen(source: str | Path, out: str | Path, shape: str | dict = "13b", dtype=
     embed = get("model.embed_tokens.weight")
     head = get("lm_head.weight") if "lm_head.weight" in where else embed
     rest = w.rest(embed, get("model.norm.weight"), head, dtype)
-    save_file(rest, out / REST_FILE, metadata={"format": "pt"})
-    weight_map |= dict.fromkeys(rest, REST_FILE)
+    rest_file = shard_name(w.num_hidden_layers, w.num_hidden_layers)
+    save_file(rest, out / rest_file, metadata={"format": "pt"})
+    weight_map |= dict.fromkeys(rest, rest_file)
     written += sum(t.numel() * t.element_size() for t in rest.values())
     w.config(dtype).save_pretrained(out)
     index = {"metadata": {"total_size": written}, "weight_map": weight_map}
