@@ -149,8 +149,8 @@ def gemma3_gguf_path() -> Path:
 PACKAGED = {"gemma3-270m": ("gemma-3-270m", gemma3_gguf_path)}
 
 
-def converted_dir(out: Path, locate_gguf) -> Path:
-    """``out``, converted from the GGUF file ``locate_gguf()`` finds, once (under a file lock)."""
+def converted_dir(out: Path, locate_gguf, dtype: torch.dtype = torch.float32) -> Path:
+    """``out``, converted from the GGUF file ``locate_gguf()`` finds into ``dtype``, once (under a file lock)."""
     if _converted(out):
         return out
     gguf = locate_gguf()
@@ -159,7 +159,7 @@ def converted_dir(out: Path, locate_gguf) -> Path:
     with open(out.parent / ".convert.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not _converted(out):
-            _convert_gguf(gguf, out)
+            _convert_gguf(gguf, out, dtype)
     return out
 
 
@@ -169,28 +169,25 @@ def _gguf_cache_name(path: Path) -> str:
 
 
 def _converted(out: Path) -> bool:
-    return (out / "config.json").exists() and (out / "model.safetensors").exists()
+    return (out / "config.json").exists() and ((out / "model.safetensors").exists()
+                                               or (out / "model.safetensors.index.json").exists())
 
 
-def _convert_gguf(gguf: Path, out: Path) -> None:
-    print(f"specexec: converting {gguf.name} to a Hugging Face folder in {out} (once)...",
-          file=sys.stderr, flush=True)
+def _convert_gguf(gguf: Path, out: Path, dtype: torch.dtype) -> None:
+    from .gguf_convert import convert_gguf_streaming
+
+    print(f"specexec: converting {gguf.name} to a {str(dtype).removeprefix('torch.')} Hugging Face folder in "
+          f"{out} (once)...", file=sys.stderr, flush=True)
     _quiet_transformers()
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    try:
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    except Exception as err:  # noqa: BLE001 - a broken or unsupported file is the user's input
-        first = (str(err).splitlines() or [""])[0][:200]
-        raise ModelLoadError(f"cannot convert the GGUF file {gguf}: {type(err).__name__}: {first}") from None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.hf_quantizer = None
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".convert-"))
     try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        try:
+            convert_gguf_streaming(gguf, tmp, dtype)
+        except ModelLoadError:
+            raise
+        except Exception as err:  # noqa: BLE001 - a broken or unsupported file is the user's input
+            first = (str(err).splitlines() or [""])[0][:200]
+            raise ModelLoadError(f"cannot convert the GGUF file {gguf}: {type(err).__name__}: {first}") from None
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
@@ -211,8 +208,10 @@ def resolve(name: str | None) -> tuple[str, dict]:
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ModelLoadError(f"GGUF file not found: {path}")
-        # converted once into a plain folder: a GGUF file is dequantized on every load otherwise
-        return str(converted_dir(cache_dir() / "models" / "gguf" / _gguf_cache_name(path), lambda: path)), {}
+        # converted once into a plain bfloat16 folder (a tensor at a time): a GGUF file is dequantized on
+        # every load otherwise
+        folder = cache_dir() / "models" / "gguf" / (_gguf_cache_name(path) + "-bfloat16")
+        return str(converted_dir(folder, lambda: path, torch.bfloat16)), {}
     if path.exists():
         if not path.is_dir() or not (path / "config.json").exists():
             raise ModelLoadError(f"{path} is not a Hugging Face model folder (no config.json in it)")

@@ -112,7 +112,7 @@ def test_two_processes_convert_the_embedded_model_once(monkeypatch, tmp_path):
     monkeypatch.setattr(models, "smollm2_gguf_path", lambda: tmp_path / "model.gguf")
     calls = []
 
-    def fake_convert(gguf, out):
+    def fake_convert(gguf, out, dtype):
         calls.append(out)
         time.sleep(0.3)
         out.mkdir(parents=True)
