@@ -81,11 +81,45 @@ def check_drivable(model) -> None:
 
 def probe_stand_in(model):
     """The model the probe runs on. A model whose layers are streamed would read every layer four times
-    (a minute for a 13B model on disk), so its probe runs on a resident copy of its first decoder layer
-    with its embeddings and head: the same class, configuration and attention code (the streamed pass's
-    own exactness is what the offload tests check)."""
+    (a minute for a 13B model on disk), so its probe runs on a one-layer model of the same class and
+    configuration that shares the streamed model's embeddings, head and buffers and holds its first
+    layer read from the checkpoint (the streamed pass's own exactness is what the offload tests check)."""
     if getattr(model, "specexec_offload", None) is None:
         return model
+    from .quantize import describe
+
+    if describe(model) is None:
+        try:
+            return _first_layer_view(model)
+        except (KeyError, RuntimeError, ValueError):
+            pass  # an architecture whose names do not line up: a plain truncated copy
     from .models import truncated_copy
 
     return truncated_copy(model, 1)
+
+
+def _first_layer_view(model):
+    import copy
+
+    from transformers import AutoModelForCausalLM
+
+    from .offload import resident_state_dict
+
+    config = copy.deepcopy(model.config)
+    config.num_hidden_layers = 1
+    if getattr(config, "layer_types", None) is not None:
+        config.layer_types = list(config.layer_types)[:1]
+    with torch.device("meta"):
+        view = AutoModelForCausalLM.from_config(config, dtype=model.get_input_embeddings().weight.dtype)
+    source = resident_state_dict(model, 1)  # the model's own tensors, layer 0 read from disk
+    view.load_state_dict({k: source[k] for k in view.state_dict()}, strict=True, assign=True)
+    buffers = dict(model.named_buffers())
+    for name, buf in list(view.named_buffers()):
+        if buf.is_meta:  # computed at init (rotary frequencies): the model's own
+            owner, _, leaf = name.rpartition(".")
+            view.get_submodule(owner).register_buffer(leaf, buffers[name], persistent=False)
+    for name, module in view.named_modules():  # plain tensor attributes computed at init, likewise
+        for attr, value in list(vars(module).items()):
+            if isinstance(value, torch.Tensor) and value.is_meta:
+                setattr(module, attr, getattr(model.get_submodule(name), attr))
+    return view.eval()
