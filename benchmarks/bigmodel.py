@@ -242,7 +242,8 @@ def part_two(paths: dict, args) -> None:
 
 
 def new_tokens(r: dict) -> int:
-    """Tokens a row produced (llama-speculative counts its own, and may pass the limit by a few)."""
+    """Tokens a row produced (llama.cpp's programs count their own: their text, tokenized again, may split
+    differently; llama-speculative may pass the limit by a few)."""
     return r.get("decoded") or len(r["tokens"])
 
 

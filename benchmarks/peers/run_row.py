@@ -1,7 +1,7 @@
 """One row of the big-model benchmark for one prompt, in a process of its own; prints one JSON line.
 
 Rows (ROW): ``specexec:B`` (our engine, target streamed from disk, SpecExec at budget B; B=0 is our
-autoregressive decoding), ``llamacpp`` (llama.cpp through llama-cpp-python, default mmap,
+autoregressive decoding), ``llamacpp`` (llama.cpp's ``llama-completion``, default mmap,
 autoregressive), ``llamacpp-spec:N`` (llama.cpp's own speculative decoding, ``llama-speculative`` with the
 draft's GGUF, at most N drafted tokens a pass), ``accelerate`` (transformers' generate with accelerate's disk
 offload), ``accelerate-assisted`` (the same with the draft as assistant model), ``airllm``.
@@ -49,22 +49,30 @@ def specexec_row(args, budget: int) -> dict:
 
 
 def llamacpp_row(args) -> dict:
-    from llama_cpp import Llama
+    """llama.cpp's own program (``llama-completion``, built beside ``llama-speculative`` from the same sources),
+    default mmap, no warm-up pass (our rows do not get one either)."""
+    from transformers import AutoTokenizer
 
-    llm = Llama(model_path=args.gguf, n_ctx=1024, n_threads=os.cpu_count(), n_batch=512, verbose=False)
-    tokens, first = [], None
+    tok = AutoTokenizer.from_pretrained(args.target)
+    prompt = tok.decode(args.prompt_ids, skip_special_tokens=False)
+    program = str(Path(args.speculative).with_name("llama-completion"))
+    cmd = [program, "-m", args.gguf, "-p", prompt, "-n", str(args.max_new_tokens), "--temp", "0", "--top-k", "1",
+           "-c", "1024", "-t", str(os.cpu_count()), "--seed", "0", "-no-cnv", "--no-display-prompt", "--no-warmup"]
     start = time.perf_counter()
-    for tok in llm.generate(args.prompt_ids, temp=0.0, top_k=1, reset=True):
-        if first is None:
-            first = time.perf_counter() - start
-        if tok in args.eos:
-            tokens.append(tok)
-            break
-        tokens.append(tok)
-        if len(tokens) >= args.max_new_tokens:
-            break
+    out = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
     wall = time.perf_counter() - start
-    return dict(tokens=tokens, seconds=wall, first_token_seconds=first, target_passes=len(tokens) + 1)
+    if out.returncode:
+        raise SystemExit(f"llama-completion failed ({out.returncode}): {out.stderr[-2000:]}")
+    log = out.stderr + out.stdout
+    text = out.stdout.removesuffix("\n").removesuffix(" [end of text]")
+    prompt_eval = re.search(r"prompt eval time =\s*([\d.]+) ms /\s*(\d+) tokens", log)
+    evals = re.search(r"\beval time =\s*([\d.]+) ms /\s*(\d+) runs", log.replace("prompt eval time", ""))
+    gen = ((float(prompt_eval.group(1)) if prompt_eval else 0.0) + (float(evals.group(1)) if evals else 0.0)) / 1000
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    decoded = int(evals.group(2)) + 1 if evals else None  # the prompt's pass gives the first token
+    return dict(tokens=ids, text=text, seconds=gen or wall, wall_seconds=wall, first_token_seconds=None,
+                prompt_tokens_llamacpp=int(prompt_eval.group(2)) if prompt_eval else None, decoded=decoded,
+                target_passes=decoded)
 
 
 def llamacpp_spec_row(args, n_draft: int) -> dict:
@@ -74,7 +82,7 @@ def llamacpp_spec_row(args, n_draft: int) -> dict:
     prompt = tok.decode(args.prompt_ids, skip_special_tokens=False)
     cmd = [args.speculative, "-m", args.gguf, "-md", args.draft_gguf, "-p", prompt, "-n", str(args.max_new_tokens),
            "--temp", "0", "--top-k", "1", "--spec-draft-n-max", str(n_draft), "--spec-draft-n-min", "0", "-c", "1024",
-           "-t", str(os.cpu_count()), "-td", str(os.cpu_count()), "--seed", "0"]
+           "-t", str(os.cpu_count()), "-td", str(os.cpu_count()), "--seed", "0", "--no-warmup"]
     start = time.perf_counter()
     out = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - start
