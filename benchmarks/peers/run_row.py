@@ -1,7 +1,8 @@
 """One row of the big-model benchmark for one prompt, in a process of its own; prints one JSON line.
 
 Rows (ROW): ``specexec:B`` (our engine, target streamed from disk, SpecExec at budget B; B=0 is our
-autoregressive decoding), ``llamacpp`` (llama.cpp's ``llama-completion``, default mmap,
+autoregressive decoding; ``specexec:B/int8`` or ``/int4``: the target quantized as it loads, its packed
+layers streamed), ``llamacpp`` (llama.cpp's ``llama-completion``, default mmap,
 autoregressive), ``llamacpp-spec:N`` (llama.cpp's own speculative decoding, ``llama-speculative`` with the
 draft's GGUF, at most N drafted tokens a pass), ``accelerate`` (transformers' generate with accelerate's disk
 offload), ``accelerate-assisted`` (the same with the draft as assistant model), ``airllm``.
@@ -28,10 +29,11 @@ from pathlib import Path
 import torch
 
 
-def specexec_row(args, budget: int) -> dict:
+def specexec_row(args, budget: int, quantize: str | None = None) -> dict:
     from specexec import SpecExecEngine
 
-    engine = SpecExecEngine.from_pretrained(args.target, args.draft if budget else "none", offload="disk")
+    engine = SpecExecEngine.from_pretrained(args.target, args.draft if budget else "none", offload="disk",
+                                            quantize=quantize)
     settings = dict(method="specexec", max_budget=budget) if budget else dict(method="autoregressive")
     if budget:
         settings.update(max_beam_len=args.depth, max_n_beams=args.beams)
@@ -82,7 +84,7 @@ def llamacpp_spec_row(args, n_draft: int) -> dict:
     prompt = tok.decode(args.prompt_ids, skip_special_tokens=False)
     cmd = [args.speculative, "-m", args.gguf, "-md", args.draft_gguf, "-p", prompt, "-n", str(args.max_new_tokens),
            "--temp", "0", "--top-k", "1", "--spec-draft-n-max", str(n_draft), "--spec-draft-n-min", "0", "-c", "1024",
-           "-t", str(os.cpu_count()), "-td", str(os.cpu_count()), "--seed", "0", "--no-warmup"]
+           "-t", str(os.cpu_count()), "-td", str(os.cpu_count()), "--seed", "0"]
     start = time.perf_counter()
     out = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -173,7 +175,8 @@ def main() -> None:
     kind, _, value = args.row.partition(":")
     start = time.perf_counter()
     if kind == "specexec":
-        result = specexec_row(args, int(value or 0))
+        budget, _, quantize = value.partition("/")  # specexec:256/int8: the target quantized, its packed layers streamed
+        result = specexec_row(args, int(budget or 0), quantize or None)
     elif kind == "llamacpp":
         result = llamacpp_row(args)
     elif kind == "llamacpp-spec":
