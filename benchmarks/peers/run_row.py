@@ -50,6 +50,15 @@ def specexec_row(args, budget: int, quantize: str | None = None) -> dict:
                 layer_loads=len(streamer.transport.reads))
 
 
+def completion_tokens(tok, printed: str, eos: int) -> tuple[str, list[int]]:
+    """llama-completion's printed text and its tokens: the text tokenized again, and the end-of-text token
+    where it stopped there (it prints " [end of text]" for it)."""
+    text = printed.rstrip("\n")
+    ended = text.endswith(" [end of text]")
+    text = text.removesuffix(" [end of text]")
+    return text, tok(text, add_special_tokens=False)["input_ids"] + ([eos] if ended else [])
+
+
 def llamacpp_row(args) -> dict:
     """llama.cpp's own program (``llama-completion``, built beside ``llama-speculative`` from the same sources),
     default mmap, no warm-up pass (our rows do not get one either)."""
@@ -66,11 +75,10 @@ def llamacpp_row(args) -> dict:
     if out.returncode:
         raise SystemExit(f"llama-completion failed ({out.returncode}): {out.stderr[-2000:]}")
     log = out.stderr + out.stdout
-    text = out.stdout.removesuffix("\n").removesuffix(" [end of text]")
+    text, ids = completion_tokens(tok, out.stdout, min(args.eos))
     prompt_eval = re.search(r"prompt eval time =\s*([\d.]+) ms /\s*(\d+) tokens", log)
     evals = re.search(r"\beval time =\s*([\d.]+) ms /\s*(\d+) runs", log.replace("prompt eval time", ""))
     gen = ((float(prompt_eval.group(1)) if prompt_eval else 0.0) + (float(evals.group(1)) if evals else 0.0)) / 1000
-    ids = tok(text, add_special_tokens=False)["input_ids"]
     decoded = int(evals.group(2)) + 1 if evals else None  # the prompt's pass gives the first token
     return dict(tokens=ids, text=text, seconds=gen or wall, wall_seconds=wall, first_token_seconds=None,
                 prompt_tokens_llamacpp=int(prompt_eval.group(2)) if prompt_eval else None, decoded=decoded,
