@@ -15,12 +15,12 @@ from typing import Iterator
 
 import torch
 
-from .acceptance import accept_follow, accept_rejection
 from .budget import MAX_AUTO_BUDGET, BudgetChooser, CostProfile, FixedBudget, load_or_measure
 from .config import GenerationConfig, SamplingConfig
 from .detokenize import TextAssembler
 from .errors import ConfigError, EngineBusyError, PromptError, UnsupportedModelError
-from .growth import DraftExpander, grow_chains, grow_specexec
+from .growth import DraftExpander
+from .methods import method_for
 from .models import cache_dir, check_same_vocabulary, context_limit, eos_difference, eos_token_ids, load_model
 from .processors import apply_on_tree, build_processors, ignored_settings
 from .rope import length_switch
@@ -28,6 +28,22 @@ from .runner import ModelRunner
 from .stats import GenerationStats
 from .support import check_drivable
 from .tree import TokenTree
+
+
+def _generator(device: torch.device, seed: int | None) -> torch.Generator:
+    generator = torch.Generator(device=device)
+    if seed is not None:
+        generator.manual_seed(seed)
+    else:
+        generator.seed()
+    return generator
+
+
+def _draft_sampling(cfg: GenerationConfig) -> SamplingConfig:
+    """How SpecInfer and chain sample their draft tokens: the run's settings, at ``draft_temperature``."""
+    s = cfg.sampling
+    return SamplingConfig(temperature=s.temperature if cfg.draft_temperature is None else cfg.draft_temperature,
+                          top_p=s.top_p, top_k=s.top_k)
 
 
 @dataclass
@@ -134,6 +150,7 @@ class SpecExecEngine:
         self.max_context = context_limit(target) or 1 << 30
         self.length_switch = length_switch(target)
         self._tree: TokenTree | None = None
+        self._cache_scheme = None  # rotary frequencies the target's cache was written with (length switches)
         self._cost: CostProfile | None = None  # measured or read from the cache at the first "auto" budget
         self._choosers: dict = {}  # "auto" choosers by tree and sampling settings, kept across generations
         # callables(pass index, tree, accepted node indices, the target's own token) after each verification
@@ -214,7 +231,7 @@ class SpecExecEngine:
                 cfg = cfg.with_(**overrides)
             except TypeError as err:
                 raise ConfigError(str(err)) from err
-        if cfg.method != "autoregressive" and self.draft is None:
+        if method_for(cfg.method).uses_draft and self.draft is None:
             raise ConfigError(f"method {cfg.method!r} needs a draft model")
         self._tree_capacity(cfg)  # refuse settings whose tree cannot be allocated, before anything runs
         return cfg
@@ -278,7 +295,7 @@ class SpecExecEngine:
         again for the trees it tries before it knows them), except for seeded sampling: the
         random draws follow the trees, so such a call starts afresh, prices trees by the cost
         profile alone (not by this run's timings) and repeats exactly."""
-        if not (cfg.method == "specexec" and cfg.auto_budget and self.draft is not None):
+        if not (method_for(cfg.method).chooses_budgets and cfg.auto_budget and self.draft is not None):
             return FixedBudget(MAX_AUTO_BUDGET if cfg.auto_budget else cfg.max_budget, cfg.max_beam_len)
         cost = self.cost_profile()
         if not cfg.sampling.greedy and cfg.seed is not None:
@@ -301,18 +318,7 @@ class SpecExecEngine:
 
     def _tree_capacity(self, cfg: GenerationConfig) -> int:
         """Nodes to preallocate: what the tree can reach under these settings, not what was asked."""
-        if cfg.method == "autoregressive":
-            return 1
-        vocab = self.target_runner.vocab_size
-        depth = min(cfg.max_beam_len, cfg.max_new_tokens)
-        if cfg.method == "specexec":
-            budget = MAX_AUTO_BUDGET if cfg.auto_budget else cfg.max_budget
-            per_pass = min(cfg.max_n_beams, budget) * min(cfg.max_branch_width, vocab)
-            reach = min(budget, depth * per_pass)
-            capacity = 2 * reach + 2  # kept nodes plus one pass's admitted candidates before the trim
-        else:
-            chains = 1 if cfg.method == "chain" else min(cfg.max_n_beams, vocab)
-            capacity = chains * depth + 1
+        capacity = method_for(cfg.method).capacity(cfg, self.target_runner.vocab_size)
         if capacity * capacity > self.MAX_TREE_MASK_BYTES:
             raise ConfigError(
                 f"these tree settings reach {capacity} nodes, whose ancestor mask would take "
@@ -343,138 +349,120 @@ class SpecExecEngine:
         return target.forward(tokens, positions, visible)[t:], t
 
     def _decode(self, prompt_ids: list[int], cfg: GenerationConfig, stats: GenerationStats) -> Iterator[list[int]]:
-        device = self.device
-        generator = torch.Generator(device=device)
-        if cfg.seed is not None:
-            generator.manual_seed(cfg.seed)
-        else:
-            generator.seed()
-        sampling = cfg.sampling
-        use_draft = cfg.method != "autoregressive"
-        target, draft = self.target_runner, (self.draft_runner if use_draft else None)
-        draft_sampling = SamplingConfig(
-            temperature=sampling.temperature if cfg.draft_temperature is None else cfg.draft_temperature,
-            top_p=sampling.top_p, top_k=sampling.top_k,
-        )
+        method = method_for(cfg.method)
+        generator = _generator(self.device, cfg.seed)
+        draft = self.draft_runner if method.uses_draft else None
         seq = list(prompt_ids)
-        target.reset()
-        if draft is not None:
-            draft.reset()
-        tree_capacity = self._tree_capacity(cfg)
-        if self._tree is None or self._tree.capacity < tree_capacity or self._tree.device != device:
-            self._tree = TokenTree(seq[-1], tree_capacity, device)
-        tree = self._tree
-
+        tree = self._fresh_tree(seq[-1], self._tree_capacity(cfg))
         planner = self._planner(cfg)
         processors = build_processors(self.target, len(prompt_ids), cfg.max_new_tokens, self.eos_ids)
-        switch = self.length_switch
-        cache_scheme = None  # rotary frequency set the target's cache was written with (length switches)
-        t_start = time.perf_counter()
-        if len(seq) > 1:
-            target.forward_chain(torch.tensor(seq[:-1], device=device), 0)
-            target.commit(torch.arange(0, len(seq) - 1, device=device))
-            cache_scheme = switch.scheme(len(seq) - 1) if switch else None
-            if draft is not None:
-                draft.forward_chain(torch.tensor(seq[:-1], device=device), 0)
-                draft.commit(torch.arange(0, len(seq) - 1, device=device))
-        stats.prefill_seconds = time.perf_counter() - t_start
-        fwd0 = (target.forward_seconds, draft.forward_seconds if draft else 0.0)
-
+        eos = self.eos_ids if cfg.stop_on_eos else ()
+        forward0 = self._prefill(seq, draft, stats)
         remaining = cfg.max_new_tokens
-        while remaining > 0:
-            it_start = time.perf_counter()
-            length = len(seq)
-            room = self.max_context - length  # positions left for new tokens
-            if room <= 0:
-                stats.stop_reason = "context"
-                break
+        while remaining > 0 and len(seq) < self.max_context:
+            start = time.perf_counter()
             plan = planner.choose()
-            max_depth = max(0, min(plan.depth, remaining - 1, room - 1)) if plan.budget else 0
-            if switch and switch.depth_cap(length) is not None:
-                max_depth = min(max_depth, switch.depth_cap(length))
-            tree.reset(seq[-1])
-            q_at = None
-            if draft is not None and max_depth > 0:
-                tail = seq[draft.committed:]
-                logits = draft.forward_chain(torch.tensor(tail, device=device), draft.committed)
-                draft.commit(torch.arange(draft.committed, draft.committed + len(tail), device=device))
-                tree.slot[0] = length - 1
-                tree.expanded[0] = True
-                expander = DraftExpander(draft, tree, root_pos=length - 1)
-                if cfg.method == "specexec":
-                    grow_specexec(expander, logits[-1], cfg, max_depth, budget=plan.budget)
-                else:
-                    chains = 1 if cfg.method == "chain" else cfg.max_n_beams
-                    q_at = grow_chains(expander, logits[-1], chains, max_depth, draft_sampling, generator)
-                stats.draft_passes += 1 + expander.passes
-            if draft is not None:
-                draft.synchronize()
-            t_mid = time.perf_counter()
-
-            n = tree.size
-            if switch:
-                if switch.reencode and cache_scheme not in (None, switch.scheme(length)):
-                    target.reset()  # generate re-encodes the prefix at the switch: this pass does too
-                cache_scheme = switch.scheme(length)
-            base = target.committed
-            logits, tail = self._score_tree(tree, seq)
-            if processors is not None:
-                logits = apply_on_tree(processors, logits, tree, seq)
-            if q_at is None or sampling.greedy:
-                path, extra = accept_follow(tree, logits, sampling, generator)
-            else:
-                path, extra = accept_rejection(tree, logits, q_at, sampling, generator)
-            planner.observe(tree, path, max_depth)
+            depth = self._depth(plan, remaining, len(seq))
+            q_at = self._grow(method, tree, draft, seq, cfg, plan.budget, depth, generator, stats)
+            grown, n = time.perf_counter(), tree.size
+            path, extra, base, tail = self._verify(method, tree, seq, processors, q_at, cfg.sampling, generator)
+            planner.observe(tree, path, depth)
             for watch in self.tree_watchers:  # e.g. specexec.viz.TreeSnapshot
                 watch(stats.target_passes, tree, path, extra)
-            target.commit(torch.cat([torch.arange(base, base + tail, device=device), base + tail + path]))
-            new = tree.tokens[path[1:]].tolist() + [extra]
-            if draft is not None and max_depth > 0:
-                slots = tree.slot[path[1:]]
-                in_cache = (slots >= draft.committed).long().cumprod(0).bool()
-                draft.commit(slots[in_cache])
-            target.synchronize()
-            t_end = time.perf_counter()
-            planner.observe_seconds(t_end - it_start)
-
-            stats.target_passes += 1
-            stats.draft_seconds += t_mid - it_start
-            stats.target_seconds += t_end - t_mid
-            stats.iteration_seconds.append(t_end - it_start)
-            stats.tree_sizes.append(n - 1)
-            if cfg.method == "specexec":
-                stats.budgets.append(plan.budget if max_depth else 0)
-            stats.tree_depths.append(int(tree.depth[:n].max()))
-            stats.min_log_probs.append(float(tree.logp[1:n].min()) if n > 1 else 0.0)
-            if stats.target_passes == 1:
-                stats.first_token_seconds = stats.prefill_seconds + (t_end - it_start)
-
-            if cfg.stop_on_eos and self.eos_ids:
-                for i, tok in enumerate(new):
-                    if tok in self.eos_ids:
-                        new = new[: i + 1]
-                        stats.stop_reason = "eos"
-                        break
-            new = new[:remaining]
-            stats.accepted_per_pass.append(len(new))
+            new = self._commit(tree, path, extra, base, tail, draft, depth)
+            end = time.perf_counter()
+            planner.observe_seconds(end - start)
+            stats.record_pass(tree, n, (plan.budget if depth else 0) if method.chooses_budgets else None,
+                              start, grown, end)
+            new = stats.keep(new, remaining, eos, len(seq), self.max_context)
             seq.extend(new)
             remaining -= len(new)
-            stats.new_tokens += len(new)
-            if not stats.stop_reason and remaining == 0:
-                stats.stop_reason = "length"
-            elif not stats.stop_reason and len(seq) >= self.max_context:
-                stats.stop_reason = "context"
             if stats.stop_reason:  # set before the last yield: the stream flushes its text there
-                self._finish_stats(stats, target, draft, fwd0)
+                self._finish_stats(stats, draft, forward0)
             yield new
             if stats.stop_reason:
                 return
-        if not stats.stop_reason:
-            stats.stop_reason = "length"
-        self._finish_stats(stats, target, draft, fwd0)
+        stats.stop_reason = "length" if remaining <= 0 else "context"
+        self._finish_stats(stats, draft, forward0)
 
-    @staticmethod
-    def _finish_stats(stats, target, draft, fwd0) -> None:
+    # one iteration's steps: grow, verify, commit
+    def _fresh_tree(self, root: int, capacity: int) -> TokenTree:
+        if self._tree is None or self._tree.capacity < capacity or self._tree.device != self.device:
+            self._tree = TokenTree(root, capacity, self.device)
+        return self._tree
+
+    def _prefill(self, seq: list[int], draft: ModelRunner | None, stats: GenerationStats) -> tuple[float, float]:
+        """Empty both caches and fill them with the prompt but its last token (the first tree's root);
+        returns the runners' forward-time counters before the decoding."""
+        target, device = self.target_runner, self.device
+        start = time.perf_counter()
+        self._cache_scheme = None  # rotary frequencies the target's cache was written with (length switches)
+        for runner in (target, draft) if draft is not None else (target,):
+            runner.reset()
+            if len(seq) > 1:
+                runner.forward_chain(torch.tensor(seq[:-1], device=device), 0)
+                runner.commit(torch.arange(0, len(seq) - 1, device=device))
+        if len(seq) > 1 and self.length_switch:
+            self._cache_scheme = self.length_switch.scheme(len(seq) - 1)
+        stats.prefill_seconds = time.perf_counter() - start
+        return target.forward_seconds, draft.forward_seconds if draft is not None else 0.0
+
+    def _depth(self, plan, remaining: int, length: int) -> int:
+        """How deep this pass's tree may go: the plan's depth within the tokens and context left."""
+        room = self.max_context - length
+        depth = max(0, min(plan.depth, remaining - 1, room - 1)) if plan.budget else 0
+        cap = self.length_switch.depth_cap(length) if self.length_switch else None
+        return depth if cap is None else min(depth, cap)
+
+    def _grow(self, method, tree: TokenTree, draft, seq: list[int], cfg: GenerationConfig, budget: int, depth: int,
+              generator: torch.Generator, stats: GenerationStats):
+        """The draft catches up with ``seq`` and grows the method's tree from its last token."""
+        tree.reset(seq[-1])
+        q_at = None
+        if draft is not None and depth > 0:
+            device, root = self.device, len(seq) - 1
+            tail = seq[draft.committed:]
+            logits = draft.forward_chain(torch.tensor(tail, device=device), draft.committed)
+            draft.commit(torch.arange(draft.committed, draft.committed + len(tail), device=device))
+            tree.slot[0] = root
+            tree.expanded[0] = True
+            expander = DraftExpander(draft, tree, root_pos=root)
+            q_at = method.grow(expander, logits[-1], cfg, depth, budget, _draft_sampling(cfg), generator)
+            stats.draft_passes += 1 + expander.passes
+        if draft is not None:
+            draft.synchronize()
+        return q_at
+
+    def _verify(self, method, tree: TokenTree, seq: list[int], processors, q_at, sampling: SamplingConfig,
+                generator: torch.Generator):
+        """One target pass over the tree; the accepted path, the target's own next token, and where the pass
+        went in the target's cache (its first slot and the accepted tokens it carried before the tree)."""
+        switch = self.length_switch
+        if switch:
+            if switch.reencode and self._cache_scheme not in (None, switch.scheme(len(seq))):
+                self.target_runner.reset()  # generate re-encodes the prefix at the switch: this pass does too
+            self._cache_scheme = switch.scheme(len(seq))
+        base = self.target_runner.committed
+        logits, tail = self._score_tree(tree, seq)
+        if processors is not None:
+            logits = apply_on_tree(processors, logits, tree, seq)
+        path, extra = method.accept(tree, logits, q_at, sampling, generator)
+        return path, extra, base, tail
+
+    def _commit(self, tree: TokenTree, path: torch.Tensor, extra: int, base: int, tail: int, draft,
+                depth: int) -> list[int]:
+        """Keep the accepted path in both caches; the tokens it adds."""
+        target, device = self.target_runner, self.device
+        target.commit(torch.cat([torch.arange(base, base + tail, device=device), base + tail + path]))
+        new = tree.tokens[path[1:]].tolist() + [extra]
+        if draft is not None and depth > 0:
+            slots = tree.slot[path[1:]]
+            in_cache = (slots >= draft.committed).long().cumprod(0).bool()  # the draft's cached prefix of it
+            draft.commit(slots[in_cache])
+        target.synchronize()
+        return new
+
+    def _finish_stats(self, stats, draft, fwd0) -> None:
         stats.seconds = sum(stats.iteration_seconds)
-        stats.target_forward_seconds = target.forward_seconds - fwd0[0]
+        stats.target_forward_seconds = self.target_runner.forward_seconds - fwd0[0]
         stats.draft_forward_seconds = (draft.forward_seconds - fwd0[1]) if draft else 0.0

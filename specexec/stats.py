@@ -26,6 +26,38 @@ class GenerationStats:
     iteration_seconds: list[float] = field(default_factory=list)
     stop_reason: str = ""
 
+    def record_pass(self, tree, n: int, budget: int | None, start: float, grown: float, end: float) -> None:
+        """One iteration: its tree of ``n`` nodes (root included), the budget it was grown under (None where
+        the method has no budgets), and its times (start, tree grown, target pass and commit done)."""
+        self.target_passes += 1
+        self.draft_seconds += grown - start
+        self.target_seconds += end - grown
+        self.iteration_seconds.append(end - start)
+        self.tree_sizes.append(n - 1)
+        if budget is not None:
+            self.budgets.append(budget)
+        self.tree_depths.append(int(tree.depth[:n].max()))
+        self.min_log_probs.append(float(tree.logp[1:n].min()) if n > 1 else 0.0)
+        if self.target_passes == 1:
+            self.first_token_seconds = self.prefill_seconds + (end - start)
+
+    def keep(self, new: list[int], remaining: int, eos_ids, length: int, max_context: int) -> list[int]:
+        """The tokens of a pass the generation keeps, cut after an EOS (``eos_ids`` empty: none stops it) and
+        at the ``remaining`` token limit, with ``length`` tokens before them; sets the stop reason."""
+        for i, tok in enumerate(new):
+            if tok in eos_ids:
+                new = new[: i + 1]
+                self.stop_reason = "eos"
+                break
+        new = new[:remaining]
+        self.accepted_per_pass.append(len(new))
+        self.new_tokens += len(new)
+        if not self.stop_reason and remaining == len(new):
+            self.stop_reason = "length"
+        elif not self.stop_reason and length + len(new) >= max_context:
+            self.stop_reason = "context"
+        return new
+
     @property
     def tokens_per_pass(self) -> float:
         return self.new_tokens / self.target_passes if self.target_passes else 0.0

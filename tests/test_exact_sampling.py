@@ -15,7 +15,7 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-import specexec.engine as engine_module
+import specexec.methods as methods_module
 from specexec import SpecExecEngine
 from specexec.config import SamplingConfig
 from specexec.sampling import probabilities, sample
@@ -182,7 +182,7 @@ def follow_children_only(tree, target_logits, sampling, generator):
                                           ("specexec", ("accept_follow", follow_children_only))])
 def test_wrong_rules_are_caught(models, monkeypatch, method, patch):
     target, draft = models
-    monkeypatch.setattr(engine_module, patch[0], patch[1])
+    monkeypatch.setattr(methods_module, patch[0], patch[1])  # the rules the methods call
     sampling = SamplingConfig(temperature=1.0, top_p=1.0)
     counts = draw(SpecExecEngine(target, None, draft), method, sampling)
     pvalue = chi_square_pvalue(counts, exact_distribution(target, sampling), N)
