@@ -18,6 +18,7 @@ llama.cpp build (benchmarks/peers/build_llamacpp.sh). Run it alone on the machin
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import resource
@@ -259,14 +260,20 @@ def same_text(text: str, reference: str) -> bool:
     return text.startswith(reference) or (bool(text) and reference.startswith(text))
 
 
+@functools.cache
+def float32_reference():
+    """The embedded target in float32, alone: the function the widened target computes (and its tokenizer)."""
+    import specexec
+
+    return specexec.load("embedded", "none", dtype="float32")
+
+
 def departures(prompts: dict[int, list[int]], results: dict, rows: list[str]) -> dict[str, str]:
     """Each row judged along its own path against the function the widened target computes: the embedded
     target in float32. At every token where the row's choice is not float32's greedy choice, the gap
     between float32's top logit and the logit of the row's token, relative to the top logit; a gap under
     2^-5 is a near-tie that bfloat16 rounding may flip (the bfloat16 exactness tests' tolerance)."""
-    import specexec
-
-    small = specexec.load("embedded", "none", dtype="float32").target
+    small = float32_reference().target
     out = {}
     for row in rows:
         gaps, worst = [], 0.0
@@ -333,11 +340,9 @@ def report(results: dict, rows: list[str], eos, tokenizer, max_new: int, prompts
               f"{', '.join(equal)} | {off.get(row, 'n/a')} |", flush=True)
 
 
-def table_from_log(paths: dict, args) -> None:
+def table_from_log(args) -> None:
     """The part-two table from the rows already run (the last run of each row and prompt in the log), for
     rows run in separate invocations."""
-    from transformers import AutoTokenizer
-
     rows = args.rows.split(",")
     last: dict[tuple, dict] = {}
     with open(args.scratch / "bigmodel-rows.jsonl") as f:
@@ -346,11 +351,9 @@ def table_from_log(paths: dict, args) -> None:
             if r.get("row") in rows and not r.get("failed"):
                 last[(r["row"], r["prompt"])] = r
     results = {row: [r for (name, _), r in sorted(last.items()) if name == row] for row in rows}
-    import specexec
-
-    prompts = oasst_prompts(specexec.load("embedded", "none"), 1 + max(r["prompt"] for r in last.values()))
-    report(results, rows, None, AutoTokenizer.from_pretrained(paths["target"]), args.max_new_tokens,
-           dict(enumerate(prompts)))
+    reference = float32_reference()  # the widened target's tokenizer and chat template are its own
+    prompts = oasst_prompts(reference, 1 + max(r["prompt"] for r in last.values()))
+    report(results, rows, None, reference.tokenizer, args.max_new_tokens, dict(enumerate(prompts)))
 
 
 def main() -> None:
@@ -369,11 +372,11 @@ def main() -> None:
     ap.add_argument("--table-only", action="store_true",
                     help="print part two's table for --rows from the rows logged in the scratch folder, running none")
     args = ap.parse_args()
+    if args.table_only:  # from the log alone: nothing to build or run
+        return table_from_log(args)
     args.scratch.mkdir(parents=True, exist_ok=True)
     paths = prepare(args.scratch, args.shape)
     torch.set_num_threads(os.cpu_count())
-    if args.table_only:
-        return table_from_log(paths, args)
     if args.part in ("1", "both"):
         part_one(paths, [int(s) for s in args.sizes.split(",")], args.repeats)
     if args.part in ("2", "both"):
